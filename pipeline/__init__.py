@@ -1,0 +1,1 @@
+from pipeline.loader import make_loader  # noqa: F401

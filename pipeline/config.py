@@ -1,0 +1,34 @@
+"""Typed configuration of the data pipeline; `train.config.TrainConfig` nests these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoaderConfig:
+    backend: str = "auto"  # auto (DALI when it imports and CUDA is present, else torch) | torch | dali
+    patch_size: int = 96  # square training crops, pixels
+    batch_size: int = 16  # crops per batch
+    crops_per_image: int = 4  # crops cut from each decoded image (amortises decode)
+    workers: int = 2  # torch DataLoader workers / DALI CPU threads
+    shuffle_buffer: int = 512  # crops held for shuffling (torch); DALI reader initial_fill in images
+    prefetch: int = 2  # batches prepared ahead per worker
+    seed: int = 0
+
+
+@dataclass
+class DegradeConfig:
+    sigma_min_255: float = 0.0  # Gaussian sigma range, 0-255 scale
+    sigma_max_255: float = 50.0
+    quality_min: int = 10  # JPEG quality range, 1-100
+    quality_max: int = 95
+    p_noise_only: float = 0.25  # probabilities of the four mixes; they must sum to 1
+    p_jpeg_only: float = 0.25
+    p_both: float = 0.4
+    p_neither: float = 0.1
+    subsampling: dict[str, float] = field(default_factory=lambda: {"4:2:0": 0.7, "4:2:2": 0.1, "4:4:4": 0.2})
+    p_double_jpeg: float = 0.2  # of JPEG samples: compress twice, second time at another quality, shifted grid
+    curriculum: bool = True  # ranges grow from light to heavy over `curriculum_fraction` of training
+    curriculum_fraction: float = 0.3
+    curriculum_start: float = 0.2  # fraction of the full range at progress 0

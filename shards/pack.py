@@ -1,0 +1,249 @@
+"""Pack a folder tree of clean images into WebDataset shards: `python -m shards.pack SRC OUT`.
+
+Files are listed recursively and sorted, shuffled with the seed (DALI's reader shuffles only inside its
+`initial_fill` buffer, so shards must be pre-shuffled), validated and normalised (`shards.encode`), split into
+train/val, then cut into shards (`shards.writer.plan_shards`) and indexed for DALI. Unusable images are skipped
+and listed in the manifest with a reason; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from pipeline.io import DEFAULT_MAX_PIXELS
+from shards.encode import PNG_COMPRESS_LEVEL, Encoded, Skipped, encode_file, meta_bytes
+from shards.format import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SOURCE_SUFFIXES,
+    STORE_RULE,
+    read_manifest,
+    sample_key,
+    shard_name,
+)
+from shards.writer import atomic_write, member_bytes, plan_shards, write_shard
+
+SPOOL = ".pack-spool"
+
+
+def tool_version() -> str:
+    """The installed package version, or 'unknown' when running from an uninstalled tree."""
+    try:
+        return version("ml-restoration")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def scan_sources(src: Path) -> tuple[list[str], int]:
+    """Image files under `src` (relative POSIX paths, sorted) and the count of other files ignored."""
+    images, ignored = [], 0
+    for path in src.rglob("*"):
+        if not path.is_file() or SPOOL in path.parts:
+            continue
+        if path.suffix.lower() in SOURCE_SUFFIXES:
+            images.append(path.relative_to(src).as_posix())
+        else:
+            ignored += 1
+    return sorted(images), ignored
+
+
+def encode_all(src: Path, sources: list[str], min_side: int, max_pixels: int, workers: int) -> Iterator:
+    """Encode files in the given order (a process pool when workers > 1; results keep the order)."""
+    job = partial(_encode_one, src=src, min_side=min_side, max_pixels=max_pixels)
+    if workers <= 1:
+        yield from map(job, sources)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with context.Pool(workers) as pool:
+        yield from pool.imap(job, sources, chunksize=4)
+
+
+def _encode_one(source: str, src: Path, min_side: int, max_pixels: int) -> Encoded | Skipped:
+    return encode_file(src / source, source, min_side, max_pixels)
+
+
+def spool_samples(results: Iterator, total: int, spool: Path) -> tuple[list[dict], list[dict]]:
+    """Write encoded payloads to the spool folder; return kept sample records and skipped entries, in order."""
+    kept, skipped = [], []
+    start = last_report = time.perf_counter()
+    for done, result in enumerate(results, 1):
+        if isinstance(result, Skipped):
+            skipped.append({"path": result.path, "reason": result.reason, "detail": result.detail})
+        else:
+            payload = spool / f"{len(kept):07d}.{result.ext}"
+            payload.write_bytes(result.data)
+            kept.append({"payload": payload, "ext": result.ext, "meta": result.meta, "bytes": len(result.data)})
+        now = time.perf_counter()
+        if now - last_report >= 1.0 or done == total:
+            rate = done / max(now - start, 1e-9)
+            print(f"pack: {done}/{total} images, {rate:.1f} img/s, {len(skipped)} skipped", file=sys.stderr)
+            last_report = now
+    return kept, skipped
+
+
+def split_samples(kept: list[dict], val_fraction: float) -> dict[str, list[dict]]:
+    """Val takes the first samples of the shuffled order: round(n * fraction), at least 1 when n >= 2."""
+    count = len(kept)
+    val_count = 0
+    if val_fraction > 0 and count >= 2:
+        val_count = min(max(round(count * val_fraction), 1), count - 1)
+    return {"train": kept[val_count:], "val": kept[:val_count]}
+
+
+def write_split(out: Path, split: str, samples: list[dict], first_key: int, min_shards: int, max_bytes: int) -> list:
+    """Write the shards of one split; sample keys continue from `first_key`. Returns manifest shard entries."""
+    for offset, sample in enumerate(samples):
+        sample["meta"] = {**sample["meta"], "key": sample_key(first_key + offset), "split": split}
+        sample["json"] = meta_bytes(sample["meta"])
+    sizes = [member_bytes(s["bytes"]) + member_bytes(len(s["json"])) for s in samples]
+    entries = []
+    for index, rows in enumerate(plan_shards(sizes, min_shards, max_bytes)):
+        members = []
+        for sample in (samples[i] for i in rows):
+            key = sample["meta"]["key"]
+            members += [(f"{key}.{sample['ext']}", sample["payload"].read_bytes()), (f"{key}.json", sample["json"])]
+        entry = write_shard(out, shard_name(split, index), members)
+        entries.append({**entry, "split": split, "samples": len(rows), "first_key": samples[rows[0]]["meta"]["key"]})
+    return entries
+
+
+def pack(
+    src: str | Path,
+    out: str | Path,
+    *,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    max_shard_mb: float = 256,
+    min_shards: int = 8,
+    min_side: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = 1,
+) -> dict:
+    """Pack the images under `src` into shards in `out`; return the manifest (also written to OUT/manifest.json)."""
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise NotADirectoryError(f"{src} is not a folder")
+    sources, ignored = scan_sources(src)
+    random.Random(seed).shuffle(sources)
+    clear_previous(out)
+    spool = out / SPOOL
+    spool.mkdir(parents=True)
+    try:
+        results = encode_all(src, sources, min_side, max_pixels, workers)
+        kept, skipped = spool_samples(results, len(sources), spool)
+        splits = split_samples(kept, val_fraction)
+        max_bytes = int(max_shard_mb * 2**20)
+        shards = write_split(out, "train", splits["train"], 0, min_shards, max_bytes)
+        shards += write_split(out, "val", splits["val"], len(splits["train"]), min_shards, max_bytes)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    args = {"val_fraction": val_fraction, "seed": seed, "max_shard_mb": max_shard_mb, "min_shards": min_shards}
+    args.update(min_side=min_side, max_pixels=max_pixels, source=str(src))
+    formats = Counter(sample["ext"] for sample in kept)
+    image_format = {
+        "rule": STORE_RULE,
+        "png_compress_level": PNG_COMPRESS_LEVEL,
+        "counts": dict(sorted(formats.items())),
+    }
+    tool = {"name": "shards.pack", "version": tool_version(), "format_version": FORMAT_VERSION}
+    manifest = build_manifest(tool, args, image_format, splits, shards, skipped, ignored)
+    atomic_write(out / MANIFEST, (manifest_text(manifest)).encode())
+    return manifest
+
+
+def build_manifest(
+    tool: dict, args: dict, image_format: dict, splits: dict, shards: list, skipped: list, ignored: int
+) -> dict:
+    """The manifest: tool, creation args, stored format, per-split totals, per-shard entries, skipped inputs."""
+    totals = {}
+    for split, samples in splits.items():
+        if not samples:
+            continue
+        entries = [entry for entry in shards if entry["split"] == split]
+        totals[split] = {
+            "samples": len(samples),
+            "shards": len(entries),
+            "bytes": sum(entry["bytes"] for entry in entries),
+            "min_width": min(sample["meta"]["width"] for sample in samples),
+            "min_height": min(sample["meta"]["height"] for sample in samples),
+        }
+    return {
+        "tool": tool,
+        "args": args,
+        "image_format": image_format,
+        "shuffled": True,
+        "seed": args["seed"],
+        "splits": totals,
+        "shards": shards,
+        "skipped": sorted(skipped, key=lambda entry: entry["path"]),
+        "ignored_files": ignored,
+    }
+
+
+def clear_previous(out: Path) -> None:
+    """Remove the files of an earlier pack in `out`; refuse a folder holding anything else."""
+    if not out.exists():
+        return
+    names = {MANIFEST}
+    if (out / MANIFEST).is_file():
+        for entry in read_manifest(out)["shards"]:
+            names |= {entry["name"], entry["index"]}
+    leftovers = [p.name for p in out.iterdir() if p.name not in names and p.name != SPOOL]
+    if leftovers:
+        raise FileExistsError(f"{out} holds files that are not from an earlier pack: {sorted(leftovers)[:5]}")
+    shutil.rmtree(out / SPOOL, ignore_errors=True)
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+
+
+def manifest_text(manifest: dict) -> str:
+    return json.dumps(manifest, indent=1) + "\n"
+
+
+def print_summary(manifest: dict, seconds: float) -> None:
+    """One line per split, then skip counts by reason (stderr)."""
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['samples']} samples in {info['shards']} shards, {info['bytes'] / 2**20:.1f} MiB")
+    reasons = Counter(entry["reason"] for entry in manifest["skipped"])
+    print(
+        f"skipped {len(manifest['skipped'])}: {dict(sorted(reasons.items()))}; ignored non-image files: "
+        f"{manifest['ignored_files']}; {seconds:.1f} s",
+        file=sys.stderr,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Pack a folder of clean images into WebDataset tar shards.")
+    parser.add_argument("src", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("out", type=Path, help="output shard folder (empty, or a previous shard folder)")
+    parser.add_argument("--val-fraction", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-shard-mb", type=float, default=256)
+    parser.add_argument("--min-shards", type=int, default=8, help="per split, when it has that many samples")
+    parser.add_argument("--min-side", type=int, default=64, help="skip images whose shorter side is below this")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb guard")
+    parser.add_argument("--workers", type=int, default=1, help="decode/encode processes")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    manifest = pack(args.src, args.out, **{k: v for k, v in vars(args).items() if k not in ("src", "out")})
+    print_summary(manifest, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
