@@ -159,3 +159,42 @@ def test_curriculum_opens_ranges_from_light_to_full():
 def test_bad_config_fails_with_a_clear_message(change):
     with pytest.raises(ValueError, match="must|need"):
         check_config(replace(DegradeConfig(), **change))
+
+
+def _tiny_shards(tmp_path, count: int = 6):
+    from shards.pack import pack
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(count):
+        Image.fromarray(natural_image(72, 80, seed=100 + i)).save(src / f"img{i}.png")
+    pack(src, tmp_path / "shards", val_fraction=0.5, seed=0, min_shards=1)
+    return tmp_path / "shards"
+
+
+def test_valset_is_deterministic_and_degraded_by_libjpeg(tmp_path):
+    from pipeline.valset import build_valset, center_crop, read_split_images
+
+    shards = _tiny_shards(tmp_path)
+    first = build_valset(shards, DegradeConfig(), seed=3, crop=64, variants=3)
+    second = build_valset(shards, DegradeConfig(), seed=3, crop=64, variants=3)
+    assert torch.equal(first.clean, second.clean) and torch.equal(first.degraded, second.degraded)
+    assert first.clean.shape == (3 * len(read_split_images(shards, "val")), 3, 64, 64)
+    image = center_crop(read_split_images(shards, "val")[0], 64)
+    row = {k: v[1].item() for k, v in first.params.items()}
+    expected = degrade_reference(image, row, np.random.default_rng([3, 1]))
+    np.testing.assert_array_equal(first.degraded[1].permute(1, 2, 0).numpy(), expected)
+    clean, degraded, params = next(first.batches(2, torch.device("cpu")))
+    assert clean.dtype == torch.float32 and clean.shape[0] == 2 and 0 <= degraded.min() <= degraded.max() <= 1
+
+
+def test_preview_writes_a_grid_where_device_and_libjpeg_agree(tmp_path):
+    from pipeline.preview import QUALITIES, SIGMAS_255, _cell, render
+    from pipeline.valset import read_split_images
+
+    images = read_split_images(_tiny_shards(tmp_path), "train")
+    grid = render(images, patch=32)
+    assert grid.size == ((2 * 32 + 4) * len(QUALITIES), (32 + 14) * len(SIGMAS_255))
+    for sigma, quality in ((25.0, 10), (5.0, 90), (0.0, 50)):
+        ours, real = _cell(images[0][:32, :32], sigma, quality, seed=1)
+        np.testing.assert_array_equal(ours, real)

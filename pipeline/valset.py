@@ -1,0 +1,86 @@
+"""The validation set: the shards' `val` split, cropped, degraded once, deterministically, with real libjpeg.
+
+Every validation image gets `variants` parameter draws from the full degradation ranges (no curriculum), seeded by
+`seed` and the image's position, so the same shards and seed always give the same pixels. The noise is numpy's and
+the JPEG is Pillow's (`pipeline.reference`), so validation numbers are real-world numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from pipeline.config import DegradeConfig
+from pipeline.degrade import PARAM_KEYS, sample_params
+from pipeline.io import decode_rgb8
+from pipeline.reference import degrade_reference
+from shards.format import IMAGE_EXTS, split_shards
+
+
+@dataclass
+class ValSet:
+    """`clean`, `degraded`: (M, 3, crop, crop) uint8 tensors on the CPU; `params`: (M,) tensors per `PARAM_KEYS`."""
+
+    clean: torch.Tensor
+    degraded: torch.Tensor
+    params: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    def batches(self, batch_size: int, device: torch.device):
+        """Yield (clean, degraded, params) batches as float32 [0, 1] on `device`, in a fixed order."""
+        for start in range(0, len(self), batch_size):
+            part = slice(start, start + batch_size)
+            yield (
+                self.clean[part].to(device).float().div_(255),
+                self.degraded[part].to(device).float().div_(255),
+                {k: v[part] for k, v in self.params.items()},
+            )
+
+
+def read_split_images(shards_dir: str | Path, split: str = "val", limit: int = 0) -> list[np.ndarray]:
+    """Decode the images of one split in manifest order -> list of (H, W, 3) uint8."""
+    urls = [str(p) for p in split_shards(shards_dir, split)]
+    images = []
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        ext = next(e for e in IMAGE_EXTS if e in sample)
+        images.append(decode_rgb8(sample[ext]))
+        if limit and len(images) >= limit:
+            break
+    return images
+
+
+def center_crop(rgb8: np.ndarray, crop: int) -> np.ndarray:
+    """Central crop of at most `crop` x `crop` (smaller images are kept whole, cut to a common square)."""
+    h, w = rgb8.shape[:2]
+    size = min(crop, h, w)
+    top, left = (h - size) // 2, (w - size) // 2
+    return rgb8[top : top + size, left : left + size]
+
+
+def build_valset(
+    shards_dir: str | Path, cfg: DegradeConfig, seed: int = 0, crop: int = 256, variants: int = 2, limit: int = 0
+) -> ValSet:
+    """Degrade the val split `variants` times per image with Pillow; deterministic in (shards, cfg, seed)."""
+    images = read_split_images(shards_dir, "val", limit)
+    if not images:
+        raise ValueError(f"{shards_dir} has an empty val split: repack with a larger --val-fraction")
+    size = min(crop, *(min(a.shape[:2]) for a in images))
+    generator = torch.Generator().manual_seed(seed)
+    params = sample_params(len(images) * variants, replace(cfg, curriculum=False), generator, torch.device("cpu"))
+    clean, degraded = [], []
+    for index in range(len(images) * variants):
+        rgb8 = center_crop(images[index // variants], size)
+        row = {k: params[k][index].item() for k in PARAM_KEYS}
+        degraded.append(degrade_reference(rgb8, row, np.random.default_rng([seed, index])))
+        clean.append(rgb8)
+    return ValSet(_chw(clean), _chw(degraded), params)
+
+
+def _chw(arrays: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
