@@ -7,7 +7,8 @@ The wrapper yields `crops_per_image` batches per iteration, batch k holding patc
 then has patches of `batch_size` distinct images, as the torch backend's crop shuffle buffer gives.
 
 DALI's reader shuffles only inside `initial_fill` (DALI PR#6491), so shards must be pre-shuffled at pack time
-(`manifest["shuffled"]`), and it reshuffles the order of the tars after each epoch. The reader never stops:
+(`manifest["shuffled"]`); it reshuffles the order of the tars after each epoch and re-deals the samples to
+the ranks (each epoch the ranks together read every sample once; a rank's own set changes). The reader never stops:
 the iterator is built without `reader_name`/`size`, so epochs flow into each other (iterations, not epochs).
 """
 
@@ -15,11 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pipeline.config import LoaderConfig
 from shards.format import DALI_EXT, index_name
+
+if TYPE_CHECKING:  # DALI is optional: imported only where a DALI loader is built
+    from nvidia.dali.data_node import DataNode
+    from nvidia.dali.pipeline import Pipeline
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 
 def check_dali_shuffle(manifest: dict, split: str, cfg: LoaderConfig) -> None:
@@ -34,7 +41,7 @@ def check_dali_shuffle(manifest: dict, split: str, cfg: LoaderConfig) -> None:
         )
 
 
-def _random_patch(image, patch_size: int):
+def _random_patch(image: DataNode, patch_size: int) -> DataNode:
     """One random PxP patch of each HWC image, randomly mirrored and rotated by 0/90/180/270 degrees."""
     from nvidia.dali import fn, types
 
@@ -52,9 +59,11 @@ def _random_patch(image, patch_size: int):
 
 def build_pipeline(
     shards: list[Path], cfg: LoaderConfig, device_id: int | None, rank: int = 0, world_size: int = 1
-):
-    """DALI pipeline whose one output per image is (crops_per_image, 3, P, P) uint8, on the GPU when
-    `device_id` is set, on the CPU for `device_id=None`."""
+) -> Pipeline:
+    """DALI pipeline whose one output per image is (crops_per_image, 3, P, P) uint8.
+
+    Outputs live on GPU `device_id` (decoder "mixed"), or on the CPU for `device_id=None` (CPU-only DALI).
+    """
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(
@@ -94,7 +103,7 @@ def dali_loader(
 
     The pipeline is built now (errors surface at start); a CUDA `device` gets the "mixed" decoder on that GPU.
     """
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator  # noqa: F811 (the runtime import)
 
     device_id = None
     if device.type == "cuda":
@@ -104,7 +113,9 @@ def dali_loader(
     return _to_device(DALIGenericIterator([pipe], ["patches"]), cfg, device)
 
 
-def _to_device(iterator, cfg: LoaderConfig, device: torch.device) -> Iterator[torch.Tensor]:
+def _to_device(
+    iterator: DALIGenericIterator | Iterator, cfg: LoaderConfig, device: torch.device
+) -> Iterator[torch.Tensor]:
     """Split each (N, K, 3, P, P) uint8 DALI output into K float batches on `device`; never stops."""
     expected = (cfg.batch_size, cfg.crops_per_image, 3, cfg.patch_size, cfg.patch_size)
     while True:

@@ -133,7 +133,7 @@ def patch_dataloader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers,
         prefetch_factor=cfg.prefetch if workers else None,
-        drop_last=True,
+        drop_last=False,  # an endless stream has no last batch; a finite one (passes=N) keeps every sample
     )
 
 

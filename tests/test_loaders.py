@@ -7,19 +7,16 @@ crop can be traced back to its source window up to the flip/rotation the loader 
 from __future__ import annotations
 
 import importlib.util
-import io
 import itertools
 import json
-import os
-import subprocess
-import sys
+import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from PIL import Image
 
 from pipeline import make_loader
@@ -27,17 +24,13 @@ from pipeline.config import LoaderConfig
 from pipeline.loader import resolve_backend
 from pipeline.loader_dali import _to_device as dali_to_device
 from pipeline.loader_torch import patch_dataloader, reader_shards
-from shards.format import MANIFEST, index_name, read_manifest, sample_key, shard_name, split_shards
+from shards.format import MANIFEST, read_manifest, split_shards
+from shards.pack import pack
 
 HAS_DALI = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
 dali = pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed (pip install -e .[dali])")
 
 HEIGHT, WIDTH = 40, 48  # coded images: small, not square, every coordinate fits in a byte
-
-
-@pytest.fixture
-def device() -> torch.device:
-    return torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
 
 
 def coded_image(ident: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
@@ -46,31 +39,33 @@ def coded_image(ident: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndar
     return np.stack([np.full((height, width), ident), y, x], axis=2).astype(np.uint8)
 
 
-def write_shards(folder: Path, count: int, num_shards: int, shuffled: bool = True, side: int | None = None) -> Path:
-    """A shard folder in the `shards.format` layout (tars, wds2idx indexes, manifest) of coded PNG images."""
-    folder.mkdir(parents=True, exist_ok=True)
-    height, width = (side, side) if side else (HEIGHT, WIDTH)
-    entries = []
-    for shard in range(num_shards):
-        name, idents = shard_name("train", shard), range(shard + 1, count + 1, num_shards)
-        with wds.TarWriter(str(folder / name)) as sink:
-            for ident in idents:
-                png = io.BytesIO()
-                Image.fromarray(coded_image(ident, height, width), "RGB").save(png, format="PNG")
-                meta = json.dumps({"ident": ident}).encode()
-                sink.write({"__key__": sample_key(ident), "png": png.getvalue(), "json": meta})
-        wds2idx = Path(sys.executable).parent / "wds2idx"
-        subprocess.run([str(wds2idx), str(folder / name), str(folder / index_name(name))], check=True, capture_output=True)
-        entries.append({"name": name, "split": "train", "samples": len(idents), "bytes": 0, "sha256": "", "index": index_name(name)})
-    split = {"samples": count, "shards": num_shards, "bytes": 0, "min_width": width, "min_height": height}
-    manifest = {"shards": entries, "splits": {"train": split}, "shuffled": shuffled}
-    (folder / MANIFEST).write_text(json.dumps(manifest))
-    return folder
+def pack_images(folder: Path, images: dict[str, np.ndarray], min_shards: int) -> Path:
+    """Pack `images` (file name -> (H, W, 3) uint8) with the real packer; all go to the train split."""
+    source = folder / "src"
+    source.mkdir(parents=True)
+    for name, image in images.items():
+        Image.fromarray(image, "RGB").save(source / name, quality=95)
+    pack(source, folder / "shards", val_fraction=0.0, min_shards=min_shards, min_side=16)
+    return folder / "shards"
 
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_shards(tmp_path_factory.mktemp("shards"), count=24, num_shards=4)
+    """24 coded PNG images in 4 shards of 6."""
+    images = {f"{ident:02d}.png": coded_image(ident) for ident in range(1, 25)}
+    return pack_images(tmp_path_factory.mktemp("coded"), images, min_shards=4)
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """JPEG (stored as is) and PNG samples of different sizes in 2 shards."""
+    rng = np.random.default_rng(0)
+    images = {
+        f"{i}.{ext}": rng.integers(0, 256, (24 + 8 * i, 56 - 4 * i, 3), dtype=np.uint8)
+        for i in range(6)
+        for ext in ("jpg", "png")
+    }
+    return pack_images(tmp_path_factory.mktemp("mixed"), images, min_shards=2)
 
 
 def config(**overrides) -> LoaderConfig:
@@ -100,8 +95,8 @@ def check_contract(batches: list[torch.Tensor], cfg: LoaderConfig, device: torch
     """The `clean` contract, and every crop a true window of a source image."""
     for clean in batches:
         assert clean.shape == (cfg.batch_size, 3, cfg.patch_size, cfg.patch_size)
-        assert clean.dtype == torch.float32 and clean.device.type == device.type
-        assert 0.0 <= clean.min().item() and clean.max().item() <= 1.0
+        assert clean.dtype == torch.float32 and clean.device.type == device.type and clean.is_contiguous()
+        assert clean.min().item() >= 0.0 and clean.max().item() <= 1.0
         crops = (clean * 255).round().to(torch.uint8).cpu().numpy()
         windows = [source_window(crop, cfg.patch_size) for crop in crops]
         assert None not in windows, "a crop is not a flipped/rotated window of any source image"
@@ -117,21 +112,28 @@ def test_torch_contract_and_crops_from_sources(shard_dir, device):
     assert len(set(windows)) > len(windows) // 2, "crop positions are not random"
 
 
-def test_torch_augments_flip_and_rotation(shard_dir, device):
-    cfg = config(batch_size=16)
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=dali)])
+def test_crops_are_flipped_and_rotated(shard_dir, device, backend):
+    cfg = config(backend=backend, batch_size=16)
     crops = torch.cat(take(make_loader(shard_dir, "train", cfg, device), 4)).mul(255).round().to(torch.uint8)
-    # In a coded crop, x grows along +W when unrotated and unflipped; other orientations show other gradients.
-    gradients = {(int(np.sign(c[2, 0, 1] - c[2, 0, 0])), int(np.sign(c[2, 1, 0] - c[2, 0, 0]))) for c in crops.numpy().astype(int)}
-    assert len(gradients) == 4, f"expected x to run along all 4 directions, saw {gradients}"
+    # The x code (channel 2) grows along +W in an unturned crop: count the directions it runs along, and mirrors.
+    directions, mirrored = Counter(), 0
+    for crop in crops.cpu().numpy().astype(int):
+        along_w, along_h = np.sign(crop[2, 0, 1] - crop[2, 0, 0]), np.sign(crop[2, 1, 0] - crop[2, 0, 0])
+        directions[(along_w, along_h)] += 1
+        y_along_w, y_along_h = np.sign(crop[1, 0, 1] - crop[1, 0, 0]), np.sign(crop[1, 1, 0] - crop[1, 0, 0])
+        mirrored += int(along_w * y_along_h - along_h * y_along_w < 0)  # orientation of the (x, y) frame
+    assert len(directions) == 4, f"expected x to run along all 4 directions, saw {dict(directions)}"
+    assert 0 < mirrored < len(crops), f"{mirrored} of {len(crops)} crops mirrored"
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_torch_same_seed_same_batches(shard_dir, device, workers):
     cfg = config(workers=workers, seed=3)
     first, second = (take(make_loader(shard_dir, "train", cfg, device), 6) for _ in range(2))
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     other = take(make_loader(shard_dir, "train", config(workers=workers, seed=4), device), 6)
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 def test_one_pass_reads_each_sample_once(shard_dir):
@@ -143,7 +145,7 @@ def test_one_pass_reads_each_sample_once(shard_dir):
         for patches, batch_keys in loader:
             keys.update(batch_keys)
             idents.update(source_window(crop, cfg.patch_size)[0] for crop in patches.numpy())
-    assert keys == Counter(sample_key(ident) for ident in range(1, 25))
+    assert len(keys) == 24 and set(keys.values()) == {1}, f"keys read other than once: {keys}"
     assert idents == Counter(range(1, 25))
 
 
@@ -181,24 +183,49 @@ def test_dali_contract_and_crops_from_sources(shard_dir, device):
     batches = take(make_loader(shard_dir, "train", cfg, device), 15)  # 5 reader batches of 8: past an epoch of 24
     check_contract(batches, cfg, device)
     for group in range(0, 15, 3):  # the 3 batches of one DALI iteration hold crops of the same 8 images
-        idents = [[source_window(c, 16)[0] for c in b.mul(255).round().byte().cpu().numpy()] for b in batches[group : group + 3]]
+        idents = [
+            [source_window(c, 16)[0] for c in b.mul(255).round().byte().cpu().numpy()]
+            for b in batches[group : group + 3]
+        ]
         assert idents[0] == idents[1] == idents[2] and len(set(idents[0])) == 8
 
 
 @dali
-def test_backends_yield_the_same_kind_of_batch(shard_dir, device):
-    torch_batch = next(make_loader(shard_dir, "train", config(), device))
-    dali_batch = next(make_loader(shard_dir, "train", config(backend="dali"), device))
-    assert (dali_batch.shape, dali_batch.dtype, dali_batch.device) == (torch_batch.shape, torch_batch.dtype, torch_batch.device)
+def test_dali_ranks_split_every_epoch(shard_dir, device):
+    """2 ranks of 12 images per epoch: in each epoch the two ranks together read each of the 24 images once
+    (DALI re-deals the samples to the ranks every epoch, so a rank's own set changes)."""
+    cfg = config(backend="dali", crops_per_image=1)
+    idents = []
+    for rank in range(2):
+        batches = take(make_loader(shard_dir, "train", cfg, device, rank=rank, world_size=2), 6)  # 4 epochs of 12
+        crops = torch.cat(batches).mul(255).round().to(torch.uint8).cpu().numpy()
+        idents.append([source_window(crop, cfg.patch_size)[0] for crop in crops])
+    for epoch in range(4):
+        both = idents[0][epoch * 12 : (epoch + 1) * 12] + idents[1][epoch * 12 : (epoch + 1) * 12]
+        assert Counter(both) == Counter(range(1, 25)), f"epoch {epoch} is not a partition of the images"
 
 
 @dali
-def test_dali_refuses_unshuffled_shards_with_small_buffer(tmp_path, device):
-    folder = write_shards(tmp_path / "plain", count=12, num_shards=2, shuffled=False)
+def test_backends_yield_the_same_kind_of_batch(mixed_dir, device):
+    """JPEG and PNG samples of several sizes: both backends give the same shape, dtype, device and range."""
+    cfg = config(patch_size=20, batch_size=6, crops_per_image=3)
+    torch_batches = take(make_loader(mixed_dir, "train", cfg, device), 4)
+    dali_batches = take(make_loader(mixed_dir, "train", replace(cfg, backend="dali"), device), 4)
+    for clean in torch_batches + dali_batches:
+        kind = (clean.shape, clean.dtype, clean.device)
+        assert kind == (torch.Size([6, 3, 20, 20]), torch.float32, torch_batches[0].device)
+        assert clean.min().item() >= 0.0 and clean.max().item() <= 1.0 and clean.std().item() > 0.1
+
+
+@dali
+def test_dali_refuses_unshuffled_shards_with_small_buffer(shard_dir, tmp_path, device):
+    folder = tmp_path / "plain"
+    shutil.copytree(shard_dir, folder)
+    manifest = read_manifest(folder)
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "shuffled": False}))  # as an older packer would write
     with pytest.raises(ValueError, match=r"not pre-shuffled.*shuffle_buffer=4 < 6 samples.*shuffle_buffer to 6"):
         make_loader(folder, "train", config(backend="dali", shuffle_buffer=4), device)
     assert next(make_loader(folder, "train", config(backend="dali", shuffle_buffer=6), device)).shape == (8, 3, 16, 16)
-    assert read_manifest(folder)["shuffled"] is False
 
 
 def test_dali_wrapper_asserts_fixed_batch_shape():
