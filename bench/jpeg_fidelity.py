@@ -98,9 +98,15 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no images in {args.data}")
     result = measure([load_rgb8(p) for p in files], torch.device(args.device))
-    result["meta"] = {"images": len(files), "data": str(args.data), "device": args.device, "torch": torch.__version__,
-                      "pillow": PIL.__version__, "python": platform.python_version(),
-                      "double_jpeg": "first save at q, second at 90 with the grid shifted by (3, 5), both 4:2:0"}
+    result["meta"] = {
+        "images": len(files),
+        "data": str(args.data),
+        "device": args.device,
+        "torch": torch.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+        "double_jpeg": "first save at q, second at 90 with the grid shifted by (3, 5), both 4:2:0",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(markdown(result))

@@ -116,8 +116,13 @@ def degrade(
     second = params["quality2"] > 0
     if bool(second.any()):
         index = second.nonzero().squeeze(1)
-        shifted = _shifted_jpeg(out[index], params["quality2"][index], params["subsampling"][index],
-                                params["shift_y"][index], params["shift_x"][index])
+        shifted = _shifted_jpeg(
+            out[index],
+            params["quality2"][index],
+            params["subsampling"][index],
+            params["shift_y"][index],
+            params["shift_x"][index],
+        )
         out = out.index_copy(0, index, shifted)
     untouched = ((params["sigma_255"] == 0) & (params["quality"] == 0))[:, None, None, None]
     return torch.where(untouched, clean, out)

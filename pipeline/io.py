@@ -60,7 +60,7 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
     except Image.UnidentifiedImageError as err:
         raise ImageError("unreadable", str(err)) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        reason = "truncated" if "truncated" in str(err) else "corrupt"
+        reason = "truncated" if "truncated" in str(err).lower() else "corrupt"
         raise ImageError(reason, str(err)) from err
     return img
 

@@ -126,23 +126,24 @@ def upsample(plane: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
 
 
 def _blocks(plane: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> (8, 8, M): block rows, block columns, then every block, so 1-D passes read contiguous rows."""
     n, c, h, w = plane.shape
-    return plane.reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5)  # (N, C, h/8, w/8, 8, 8)
+    return plane.reshape(n, c, h // 8, 8, w // 8, 8).permute(3, 5, 0, 1, 2, 4).reshape(8, 8, -1)
 
 
-def _unblocks(blocks: torch.Tensor) -> torch.Tensor:
-    n, c, hb, wb = blocks.shape[:4]
-    return blocks.permute(0, 1, 2, 4, 3, 5).reshape(n, c, hb * 8, wb * 8)
+def _unblocks(blocks: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    n, c, h, w = shape
+    return blocks.reshape(8, 8, n, c, h // 8, w // 8).permute(2, 3, 4, 0, 5, 1).reshape(n, c, h, w)
 
 
 def _code_plane(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Level shift, DCT, quantise, dequantise, inverse DCT of an (N, C, h, w) int32 plane, h and w multiples of 8."""
     blocks = _blocks(plane - 128)
-    coef = _fdct_1d(_fdct_1d(blocks, -1, True), -2, False)  # scaled up by 8
-    divisor = (table * 8)[:, None, None, None]  # (N, 1, 1, 1, 8, 8)
+    table = table.permute(1, 2, 0).repeat_interleave(blocks.shape[-1] // plane.shape[0], dim=-1)  # (8, 8, M)
+    coef = _fdct_1d(_fdct_1d(blocks, 1, True), 0, False)  # scaled up by 8
+    divisor = table * 8
     level = torch.div(coef.abs() + divisor // 2, divisor, rounding_mode="floor") * coef.sign()
-    dequant = level * table[:, None, None, None]
-    return _unblocks(_idct_1d(_idct_1d(dequant, -2, True), -1, False))
+    return _unblocks(_idct_1d(_idct_1d(level * table, 0, True), 1, False), plane.shape)
 
 
 def codec(rgb: torch.Tensor, tables: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:

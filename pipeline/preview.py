@@ -27,8 +27,11 @@ def _cell(clean8: np.ndarray, sigma: float, quality: int, seed: int) -> tuple[np
     """Device output and Pillow output for the same noise draw."""
     n = 1
     params = {
-        "sigma_255": torch.full((n,), sigma), "quality": torch.full((n,), quality), "subsampling": torch.full((n,), 2),
-        "quality2": torch.zeros(n, dtype=torch.long), "shift_y": torch.zeros(n, dtype=torch.long),
+        "sigma_255": torch.full((n,), sigma),
+        "quality": torch.full((n,), quality),
+        "subsampling": torch.full((n,), 2),
+        "quality2": torch.zeros(n, dtype=torch.long),
+        "shift_y": torch.zeros(n, dtype=torch.long),
         "shift_x": torch.zeros(n, dtype=torch.long),
     }
     generator = torch.Generator().manual_seed(seed)

@@ -31,5 +31,7 @@ def degrade_reference(clean8: np.ndarray, params: dict[str, float | int], rng: n
     if quality > 0:
         out = pil_jpeg(out, quality, subsampling)
         if int(params.get("quality2", 0)) > 0:
-            out = jpeg_shifted(out, int(params["quality2"]), subsampling, int(params["shift_y"]), int(params["shift_x"]))
+            out = jpeg_shifted(
+                out, int(params["quality2"]), subsampling, int(params["shift_y"]), int(params["shift_x"])
+            )
     return out

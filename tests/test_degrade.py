@@ -40,7 +40,7 @@ def test_device_jpeg_is_bit_exact_to_libjpeg(size, device):
     modes = ["4:2:0", "4:4:4", "4:2:2"] * 3
     images = [natural_image(*size, seed=i) for i in range(len(qualities))]
     out = jpeg(_batch(images, device), torch.tensor(qualities), torch.tensor([SUBSAMPLING[m] for m in modes]))
-    for i, (rgb8, q, mode) in enumerate(zip(images, qualities, modes)):
+    for i, (rgb8, q, mode) in enumerate(zip(images, qualities, modes, strict=True)):
         np.testing.assert_array_equal(to_rgb8_array(out[i]), pil_jpeg(rgb8, q, mode), err_msg=f"q={q} {mode}")
 
 
@@ -74,8 +74,12 @@ def test_degrade_matches_reference_without_noise(device):
 
 def test_identity_when_no_noise_and_no_jpeg(device):
     clean = torch.rand(3, 3, 20, 24, device=device)  # deliberately not 8-bit values
-    params = sample_params(3, replace(DegradeConfig(), p_neither=1.0, p_both=0, p_noise_only=0, p_jpeg_only=0),
-                           torch.Generator(device).manual_seed(0), device)
+    params = sample_params(
+        3,
+        replace(DegradeConfig(), p_neither=1.0, p_both=0, p_noise_only=0, p_jpeg_only=0),
+        torch.Generator(device).manual_seed(0),
+        device,
+    )
     assert torch.equal(degrade(clean, params), clean)
 
 
@@ -89,7 +93,7 @@ def test_same_seed_same_batch_and_input_untouched(device):
     assert torch.equal(out1, out2) and all(torch.equal(params1[k], params2[k]) for k in params1)
     assert not torch.equal(out1, out3)
     assert torch.equal(clean, before)
-    assert out1.dtype == torch.float32 and out1.shape == clean.shape and 0 <= out1.min() and out1.max() <= 1
+    assert out1.dtype == torch.float32 and out1.shape == clean.shape and out1.min() >= 0 and out1.max() <= 1
 
 
 def test_gradient_flows_through_noise_quantisation_and_jpeg(device):
@@ -109,6 +113,7 @@ def test_gradient_flows_through_noise_quantisation_and_jpeg(device):
     assert torch.isfinite(grad).all()
     for i in range(4):
         assert grad[i].abs().sum() > 0, f"no gradient reached sample {i}"
+
     def corr(i: int) -> float:
         return torch.corrcoef(torch.stack([grad[i].flatten(), weights[i].flatten()]))[0, 1].item()
 
@@ -118,8 +123,10 @@ def test_gradient_flows_through_noise_quantisation_and_jpeg(device):
 
 def test_noise_level_is_sigma_on_the_255_scale(device):
     clean = torch.full((2, 3, 128, 128), 0.5, device=device)
-    params = {k: torch.zeros(2, dtype=torch.long, device=device) for k in ("quality", "subsampling", "quality2",
-                                                                          "shift_y", "shift_x")}
+    params = {
+        k: torch.zeros(2, dtype=torch.long, device=device)
+        for k in ("quality", "subsampling", "quality2", "shift_y", "shift_x")
+    }
     params["sigma_255"] = torch.tensor([5.0, 25.0], device=device)
     out = degrade(clean, params, torch.Generator(device).manual_seed(1))
     std_255 = ((out - clean) * 255).flatten(1).std(dim=1)
@@ -127,13 +134,24 @@ def test_noise_level_is_sigma_on_the_255_scale(device):
 
 
 def test_sampling_follows_the_config(device):
-    cfg = DegradeConfig(p_noise_only=0.1, p_jpeg_only=0.2, p_both=0.3, p_neither=0.4, p_double_jpeg=0.5,
-                        subsampling={"4:4:4": 1.0}, curriculum=False)
+    cfg = DegradeConfig(
+        p_noise_only=0.1,
+        p_jpeg_only=0.2,
+        p_both=0.3,
+        p_neither=0.4,
+        p_double_jpeg=0.5,
+        subsampling={"4:4:4": 1.0},
+        curriculum=False,
+    )
     params = sample_params(20000, cfg, torch.Generator(device).manual_seed(0), device)
     noise, jpg = params["sigma_255"] > 0, params["quality"] > 0
-    shares = [(noise & ~jpg).float().mean(), (~noise & jpg).float().mean(), (noise & jpg).float().mean(),
-              (~noise & ~jpg).float().mean()]
-    for share, expected in zip(shares, (0.1, 0.2, 0.3, 0.4)):
+    shares = [
+        (noise & ~jpg).float().mean(),
+        (~noise & jpg).float().mean(),
+        (noise & jpg).float().mean(),
+        (~noise & ~jpg).float().mean(),
+    ]
+    for share, expected in zip(shares, (0.1, 0.2, 0.3, 0.4), strict=True):
         assert abs(share.item() - expected) < 0.02
     assert params["quality"][jpg].min() >= cfg.quality_min and params["quality"].max() <= cfg.quality_max
     assert params["sigma_255"].max() <= cfg.sigma_max_255
@@ -153,8 +171,14 @@ def test_curriculum_opens_ranges_from_light_to_full():
 
 @pytest.mark.parametrize(
     "change",
-    [{"p_both": 0.9}, {"sigma_min_255": -1.0}, {"quality_min": 0}, {"quality_max": 101},
-     {"subsampling": {"4:1:1": 1.0}}, {"p_double_jpeg": 1.5}],
+    [
+        {"p_both": 0.9},
+        {"sigma_min_255": -1.0},
+        {"quality_min": 0},
+        {"quality_max": 101},
+        {"subsampling": {"4:1:1": 1.0}},
+        {"p_double_jpeg": 1.5},
+    ],
 )
 def test_bad_config_fails_with_a_clear_message(change):
     with pytest.raises(ValueError, match="must|need"):

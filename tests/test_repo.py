@@ -32,8 +32,11 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_torch_pin_is_the_same_everywhere():
-    env_pin = [p for p in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"][-1]["pip"]
-               if p.startswith("torch==")]
+    env_pin = [
+        p
+        for p in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"][-1]["pip"]
+        if p.startswith("torch==")
+    ]
     script = (ROOT / "scripts" / "venv.sh").read_text()
     assert env_pin and env_pin[0] in script
 
