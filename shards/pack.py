@@ -212,16 +212,17 @@ def manifest_text(manifest: dict) -> str:
     return json.dumps(manifest, indent=1) + "\n"
 
 
-def print_summary(manifest: dict, seconds: float) -> None:
-    """One line per split, then skip counts by reason (stderr)."""
+def print_summary(manifest: dict, seconds: float, show: int = 20) -> None:
+    """One line per split, the first skipped files with their reasons, then skip counts by reason."""
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['samples']} samples in {info['shards']} shards, {info['bytes'] / 2**20:.1f} MiB")
-    reasons = Counter(entry["reason"] for entry in manifest["skipped"])
-    print(
-        f"skipped {len(manifest['skipped'])}: {dict(sorted(reasons.items()))}; ignored non-image files: "
-        f"{manifest['ignored_files']}; {seconds:.1f} s",
-        file=sys.stderr,
-    )
+    for entry in manifest["skipped"][:show]:
+        print(f"skipped {entry['path']}: {entry['reason']} ({entry['detail']})", file=sys.stderr)
+    if len(manifest["skipped"]) > show:
+        print(f"... {len(manifest['skipped']) - show} more skipped files listed in {MANIFEST}", file=sys.stderr)
+    reasons = dict(sorted(Counter(entry["reason"] for entry in manifest["skipped"]).items()))
+    ignored = manifest["ignored_files"]
+    print(f"skipped {len(manifest['skipped'])} {reasons}, ignored {ignored} non-image files, {seconds:.1f} s")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

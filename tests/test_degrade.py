@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import natural_image, shared_images
 from PIL import Image
 
 from pipeline.config import DegradeConfig
@@ -15,7 +16,6 @@ from pipeline.degrade import check_config, degrade, ranges_at, sample_and_degrad
 from pipeline.io import load_rgb8, pil_jpeg, to_rgb8_array, to_tensor
 from pipeline.jpeg import SUBSAMPLING, jpeg, quant_tables
 from pipeline.reference import degrade_reference
-from tests.conftest import natural_image, shared_images
 
 
 def _batch(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
