@@ -14,8 +14,9 @@ pip install -e ".[${extras}]"
 .venv/bin/python -c "import torch" || { echo "torch failed to install" >&2; exit 1; }
 if [ "${ML_RESTORATION_PILLOW_SIMD:-1}" = "1" ]; then
   # pillow-simd must come last: any later install of a package depending on `pillow` silently replaces it.
-  if ! .venv/bin/python -m pip show pillow-simd >/dev/null 2>&1; then
-    pip uninstall -y pillow
+  # `pip install -e .` above puts stock Pillow back over it (pillow-simd does not satisfy `pillow`): swap again.
+  if .venv/bin/python -m pip show pillow >/dev/null 2>&1 || ! .venv/bin/python -m pip show pillow-simd >/dev/null 2>&1; then
+    pip uninstall -y pillow pillow-simd
     pip install --no-deps pillow-simd
   fi
   touch .venv/pillow-simd-requested  # tests/test_repo.py then asserts pillow-simd is the PIL that loads

@@ -1,0 +1,1 @@
+"""The trainer: `python train/run.py --shards DIR` (see train/run.py)."""

@@ -1,0 +1,161 @@
+"""Typed training configuration: defaults <- YAML file <- `--set a.b=v`; unknown keys and wrong types fail at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import DegradeConfig, LoaderConfig
+
+
+@dataclass
+class ModelConfig:
+    name: str = "nafnet"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to model.create_model
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of lr
+    clip_grad_norm: float = 0.5  # 0 = off
+    ema_decay: float = 0.999  # 0 = no EMA weights
+
+
+@dataclass
+class LossConfig:
+    kind: str = "charbonnier"  # l1 | charbonnier | psnr
+    ssim_weight: float = 0.0  # adds ssim_weight * (1 - SSIM)
+
+
+@dataclass
+class RunConfig:
+    steps: int = 2000
+    seed: int = 0
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
+    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | off | bf16 | fp16
+    channels_last: bool = False  # set to true on CUDA by `default_config`
+    compile: bool = False  # torch.compile the model
+    threads: int = 0  # CPU intra-op threads; 0 = cores minus loader workers (at least 1)
+    log_every: int = 20
+    val_every: int = 250
+    ckpt_every: int = 250
+    sanity_steps: int = 500  # warn if loss has not fallen / val PSNR is below the input's by then
+
+
+@dataclass
+class ValConfig:
+    crop: int = 192  # central crop of each val image, pixels
+    variants: int = 2  # degradations per val image
+    batch_size: int = 8
+    samples: int = 6  # rows of the degraded | restored | clean grid
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "offline"  # offline | online | off
+    project: str = "ml-restoration"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def default_config(device_type: str) -> TrainConfig:
+    """A default that fits the machine: a small NAFNet on a CPU, a larger one and bigger batches on a GPU."""
+    cfg = TrainConfig()
+    cores = os.cpu_count() or 1
+    if device_type == "cpu":
+        cfg.model.kwargs = {"width": 16, "enc_blocks": [1, 1, 1, 1], "middle_blocks": 1, "dec_blocks": [1, 1, 1, 1]}
+        cfg.loader = dataclasses.replace(cfg.loader, batch_size=8, patch_size=96, workers=1, crops_per_image=4)
+    else:
+        cfg.model.kwargs = {"width": 32, "enc_blocks": [1, 1, 2, 4], "middle_blocks": 4, "dec_blocks": [1, 1, 1, 1]}
+        cfg.loader = dataclasses.replace(cfg.loader, batch_size=32, patch_size=128, workers=min(8, cores))
+        cfg.run.channels_last = device_type == "cuda"
+    return cfg
+
+
+def merge(cfg: Any, updates: dict[str, Any], where: str = "") -> Any:
+    """Apply a nested dict of updates to a dataclass tree, checking every key and type."""
+    names = {f.name: f for f in dataclasses.fields(cfg)}
+    hints = typing.get_type_hints(type(cfg))
+    for key, value in updates.items():
+        path = f"{where}{key}"
+        if key not in names:
+            raise KeyError(f"unknown config key '{path}' (known here: {', '.join(names)})")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise TypeError(f"config '{path}' is a section; give it a mapping, not {value!r}")
+            merge(current, value, path + ".")
+        else:
+            setattr(cfg, key, _coerce(value, hints[key], path))
+    return cfg
+
+
+class _Raw(str):
+    """A `--set` value as typed: kept as text for str fields, read as a YAML scalar for the others."""
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint) or hint
+    if isinstance(value, _Raw):
+        value = str(value) if origin is str else yaml.safe_load(value)
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is Any or isinstance(value, origin) and not (origin is int and isinstance(value, bool)):
+        return value
+    raise TypeError(f"config '{path}' must be {getattr(origin, '__name__', origin)}, got {value!r}")
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` -> nested dict; values are read as YAML (1 -> int, [1,2] -> list) unless the key is text."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        *parents, leaf = key.strip().split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _Raw(raw)
+    return nested
+
+
+def load_config(device_type: str, path: str | Path | None = None, sets: list[str] | None = None) -> TrainConfig:
+    """defaults (for this device) <- YAML file <- --set overrides."""
+    cfg = default_config(device_type)
+    if path is not None:
+        merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
+    return merge(cfg, parse_set(sets or []))
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    return merge(TrainConfig(), values)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,153 @@
+"""Run logging: one JSON line per log step in RUN_DIR/metrics.jsonl, a progress bar, W&B (offline by default).
+
+Per step only device tensors are kept (no sync); `flush` at log steps does the `.item()` calls, computes img/s,
+the data-wait share (time blocked on the loader / wall time of the window) and degradation statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from train.config import TrainConfig, save_config, to_dict
+
+
+class RunLogger:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, start_step: int, device: torch.device):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        self.cfg, self.run_dir = cfg, run_dir
+        self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        self.bar = tqdm(total=cfg.run.steps, initial=start_step, desc="train", dynamic_ncols=True, file=sys.stderr)
+        self.first_loss: float | None = None
+        self.warned: set[str] = set()
+        self.wandb = _start_wandb(cfg, run_dir)
+        self.message(f"device {device}, {torch.get_num_threads()} torch threads, start at step {start_step}")
+        self._reset()
+
+    def _reset(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.params: list[dict[str, torch.Tensor]] = []
+        self.images, self.waited, self.window_start = 0, 0.0, time.perf_counter()
+
+    def record(self, step: int, loss: torch.Tensor, params: dict, images: int, waited: float) -> None:
+        self.losses.append(loss)
+        self.params.append(params)
+        self.images += images
+        self.waited += waited
+        self.bar.update(1)
+
+    def flush(self, step: int, lr: float) -> bool:
+        """Write the window's line; returns False when the loss is not finite."""
+        if not self.losses:
+            return True
+        loss = float(torch.stack(self.losses).float().mean())
+        seconds = time.perf_counter() - self.window_start
+        row = {"step": step, "loss": loss, "lr": lr, "img_per_s": self.images / seconds,
+               "data_wait_share": self.waited / seconds} | _degradation_stats(self.params)  # fmt: skip
+        self._write(row)
+        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{row['img_per_s']:.1f}", wait=f"{row['data_wait_share']:.0%}")
+        if self.wandb is not None:
+            self.wandb.log(
+                {f"train/{k}": v for k, v in row.items() if k != "step"} | _histograms(self.params), step=step
+            )
+        self._sanity_loss(step, loss)
+        self._reset()
+        return math.isfinite(loss)
+
+    def validation(self, step: int, result: dict) -> None:
+        self._write({"step": step, "val": result})
+        self.bar.write(f"step {step}: val PSNR {result['psnr_model']:.2f} dB (input {result['psnr_input']:.2f}), "
+                       f"SSIM {result['ssim_model']:.4f} (input {result['ssim_input']:.4f})")  # fmt: skip
+        if self.wandb is not None:
+            import wandb
+
+            logged = {f"val/{k}": v for k, v in result.items() if isinstance(v, float)}
+            if "grid" in result:
+                logged["val/samples"] = wandb.Image(result["grid"], caption="degraded | restored | clean")
+            self.wandb.log(logged, step=step)
+        if step >= self.cfg.run.sanity_steps and result["psnr_model"] < result["psnr_input"]:
+            self._warn("val", f"validation PSNR {result['psnr_model']:.2f} dB is still below the input's "
+                              f"{result['psnr_input']:.2f} dB after {step} steps")  # fmt: skip
+
+    def message(self, text: str) -> None:
+        self.bar.write(text)
+        self._write({"message": text})
+
+    def close(self) -> None:
+        self.bar.close()
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+    def _write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def _sanity_loss(self, step: int, loss: float) -> None:
+        if self.first_loss is None:
+            self.first_loss = loss
+        elif step >= self.cfg.run.sanity_steps and loss >= self.first_loss:
+            text = f"training loss {loss:.4f} has not fallen below its first value {self.first_loss:.4f}"
+            self._warn("loss", f"{text} after {step} steps: check the learning rate and the data")
+
+    def _warn(self, kind: str, text: str) -> None:
+        if kind in self.warned:
+            return
+        self.warned.add(kind)
+        banner = "!" * 78
+        self.bar.write(f"{banner}\nWARNING: {text}\n{banner}")
+        self._write({"warning": text})
+        warnings.warn(text, stacklevel=2)
+
+
+def _degradation_stats(params: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    sigma = torch.cat([p["sigma_255"] for p in params]).float()
+    quality = torch.cat([p["quality"] for p in params]).float()
+    double = torch.cat([p["quality2"] for p in params]) > 0
+    noisy, jpeg = sigma > 0, quality > 0
+    return {
+        "share_noise": float(noisy.float().mean()),
+        "share_jpeg": float(jpeg.float().mean()),
+        "share_double_jpeg": float(double.float().mean()),
+        "sigma_mean_255": float(sigma[noisy].mean()) if bool(noisy.any()) else 0.0,
+        "sigma_max_255": float(sigma.max()),
+        "quality_mean": float(quality[jpeg].mean()) if bool(jpeg.any()) else 0.0,
+        "quality_min": float(quality[jpeg].min()) if bool(jpeg.any()) else 0.0,
+    }
+
+
+def _histograms(params: list[dict[str, torch.Tensor]]) -> dict:
+    import wandb
+
+    sigma = torch.cat([p["sigma_255"] for p in params]).float().cpu()
+    quality = torch.cat([p["quality"] for p in params]).float().cpu()
+    return {
+        "train/sigma_255": wandb.Histogram(sigma[sigma > 0].numpy()) if bool((sigma > 0).any()) else 0,
+        "train/quality": wandb.Histogram(quality[quality > 0].numpy()) if bool((quality > 0).any()) else 0,
+    }
+
+
+def _start_wandb(cfg: TrainConfig, run_dir: Path):
+    """W&B run in RUN_DIR/wandb (offline unless log.wandb=online); None when off or not installed."""
+    if cfg.log.wandb == "off":
+        return None
+    if cfg.log.wandb not in ("offline", "online"):
+        raise ValueError(f"log.wandb must be offline, online or off, got '{cfg.log.wandb}'")
+    try:
+        import wandb
+    except ImportError:
+        warnings.warn("wandb is not installed (pip install -e .[wandb]): logging to metrics.jsonl only", stacklevel=2)
+        return None
+    id_file = run_dir / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    id_file.write_text(run_id)
+    return wandb.init(project=cfg.log.project, dir=str(run_dir), mode=cfg.log.wandb, id=run_id, resume="allow",
+                      config=to_dict(cfg), settings=wandb.Settings(console="off", silent=True))  # fmt: skip
