@@ -7,6 +7,7 @@ the data-wait share (time blocked on the loader / wall time of the window) and d
 from __future__ import annotations
 
 import json
+import secrets
 import math
 import sys
 import time
@@ -147,7 +148,7 @@ def _start_wandb(cfg: TrainConfig, run_dir: Path):
         warnings.warn("wandb is not installed (pip install -e .[wandb]): logging to metrics.jsonl only", stacklevel=2)
         return None
     id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     id_file.write_text(run_id)
     return wandb.init(project=cfg.log.project, dir=str(run_dir), mode=cfg.log.wandb, id=run_id, resume="allow",
                       config=to_dict(cfg), settings=wandb.Settings(console="off", silent=True))  # fmt: skip

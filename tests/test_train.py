@@ -1,0 +1,149 @@
+"""The trainer: config merging, schedule, exact resume (in process and after SIGTERM), NaN stop, run outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import natural_image
+from PIL import Image
+
+from model import load_model
+from shards.pack import pack
+from train.checkpoint import load
+from train.config import OptimConfig, TrainConfig, default_config, load_config, parse_set
+from train.loop import fit, lr_at
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.name=resnet",
+    "model.kwargs={width: 8, num_blocks: 2}",
+    "loader.batch_size=4",
+    "loader.patch_size=32",
+    "loader.workers=0",
+    "loader.crops_per_image=2",
+    "loader.shuffle_buffer=8",
+    "run.steps=12",
+    "run.log_every=2",
+    "run.val_every=6",
+    "run.ckpt_every=3",
+    "run.threads=1",
+    "run.sanity_steps=1000",
+    "optim.warmup_steps=3",
+    "val.crop=48",
+    "val.variants=2",
+    "log.wandb=off",
+]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    src = root / "src"
+    src.mkdir()
+    for i in range(10):
+        Image.fromarray(natural_image(64, 72, seed=200 + i)).save(src / f"{i}.png")
+    pack(src, root / "shards", val_fraction=0.2, seed=0, min_shards=2)
+    return root / "shards"
+
+
+def tiny_config(*extra: str) -> TrainConfig:
+    return load_config("cpu", None, TINY + list(extra))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load(path)["model"]
+
+
+def test_config_layers_and_strictness(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("optim:\n  lr: 0.002\nloader:\n  batch_size: 4\n")
+    cfg = load_config("cpu", yaml_file, ["loader.batch_size=6", "log.wandb=off", "degrade.sigma_max_255=30"])
+    assert cfg.optim.lr == 0.002 and cfg.loader.batch_size == 6 and cfg.log.wandb == "off"
+    assert cfg.degrade.sigma_max_255 == 30.0 and isinstance(cfg.degrade.sigma_max_255, float)
+    assert default_config("cuda").loader.batch_size > default_config("cpu").loader.batch_size
+    with pytest.raises(KeyError, match="optim.lrr"):
+        load_config("cpu", None, ["optim.lrr=1"])
+    with pytest.raises(TypeError, match="loader.batch_size"):
+        load_config("cpu", None, ["loader.batch_size=big"])
+    with pytest.raises(ValueError, match="key=value"):
+        parse_set(["novalue"])
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 100) == pytest.approx(0.1) and lr_at(9, cfg, 100) == pytest.approx(1.0)
+    assert lr_at(10, cfg, 100) == pytest.approx(1.0) and lr_at(100, cfg, 100) == pytest.approx(0.1)
+    assert lr_at(30, cfg, 100) > lr_at(60, cfg, 100)
+
+
+def test_resume_is_exact_in_process(shards, tmp_path):
+    fit(tiny_config(), shards, tmp_path / "straight")
+    fit(tiny_config(), shards, tmp_path / "halves", stop_after=5)
+    assert load(tmp_path / "halves" / "last.pt")["step"] == 5
+    fit(tiny_config(), shards, tmp_path / "halves", resume=tmp_path / "halves" / "last.pt")
+    straight, halves = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "halves" / "last.pt")
+    assert all(torch.equal(straight[k], halves[k]) for k in straight)
+
+
+def test_sigterm_checkpoints_and_resume_continues_exactly(shards, tmp_path):
+    """A real process is killed mid-run (SIGTERM), resumed with --resume auto, and ends where a straight run ends."""
+    fit(tiny_config("run.steps=30"), shards, tmp_path / "straight")
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, str(ROOT / "train" / "run.py"), "--shards", str(shards), "--out", str(run_dir)]
+    sets = [arg for item in [*TINY, "run.steps=30"] for arg in ("--set", item)]
+    process = subprocess.Popen(command + sets, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and '"step": 4' in metrics.read_text()):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 0, output
+    stopped_at = load(run_dir / "last.pt")["step"]
+    assert 4 <= stopped_at < 30 and "stopped by signal" in metrics.read_text()
+    subprocess.run(command + ["--resume", "auto"], check=True, capture_output=True, timeout=300)
+    straight, resumed = weights(tmp_path / "straight" / "last.pt"), weights(run_dir / "last.pt")
+    assert load(run_dir / "last.pt")["step"] == 30
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_nan_stops_with_a_clear_message(shards, tmp_path):
+    cfg = tiny_config("optim.lr=1.0e+30", "optim.clip_grad_norm=0", "optim.warmup_steps=0", "loss.kind=l1")
+    with pytest.raises(FloatingPointError, match="not finite"):
+        fit(cfg, shards, tmp_path / "nan")
+
+
+def test_run_outputs(shards, tmp_path):
+    """metrics.jsonl lines, resolved config, sample grids, loadable last/best checkpoints, W&B offline files."""
+    wandb_mode = "log.wandb=offline" if _has_wandb() else "log.wandb=off"
+    result = fit(tiny_config(wandb_mode), shards, tmp_path / "run")
+    run_dir = tmp_path / "run"
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in lines if "loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(2, 13, 2))
+    for key in ("lr", "img_per_s", "data_wait_share", "share_noise", "share_jpeg", "sigma_mean_255", "quality_mean"):
+        assert key in train_rows[0]
+    val_rows = [r["val"] for r in lines if "val" in r]
+    assert len(val_rows) == 2 and "buckets" in val_rows[0] and result == val_rows[-1]
+    assert (run_dir / "config.yaml").is_file() and len(list((run_dir / "samples").glob("*.png"))) == 2
+    for name in ("last.pt", "best.pt"):
+        model = load_model(run_dir / name)
+        assert model(torch.rand(1, 3, 20, 28)).shape == (1, 3, 20, 28)
+    if _has_wandb():
+        assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
+
+
+def _has_wandb() -> bool:
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        return False
+    return os.environ.get("WANDB_MODE", "offline") != "disabled"
