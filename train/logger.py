@@ -7,8 +7,8 @@ the data-wait share (time blocked on the loader / wall time of the window) and d
 from __future__ import annotations
 
 import json
-import secrets
 import math
+import secrets
 import sys
 import time
 import warnings
