@@ -1,0 +1,168 @@
+"""The one model API: `MODELS`, `create_model`, `load_model`, `model_state`, `count_params`, `macs_per_megapixel`.
+
+Every model maps `(N, 3, H, W)` float RGB in [0, 1] (any H, W) to a restored image of the same shape and dtype,
+and has a `stride` attribute (the multiple it pads to internally). Checkpoints written by the trainer are one dict
+`{"model": state_dict, "model_name": str, "model_kwargs": dict, "ema": state_dict | None, ...}` (STYLE.md section 4);
+`load_model(path)` rebuilds the model from that alone. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, BinaryIO
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.nafnet import NAFNet
+from model.resnet import ResNet
+
+MODELS: dict[str, type[nn.Module]] = {"nafnet": NAFNet, "resnet": ResNet}
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel / AveragedModel, torch.compile
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model by name with its keyword arguments (e.g. `create_model("nafnet", width=32)`)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not), counting shared ones once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_megapixel(model: nn.Module) -> float:
+    """Multiply-accumulates per megapixel of input, measured on one 256x256 image (MACs = FLOPs / 2).
+
+    Counts what `torch.utils.flop_counter` counts (convolutions and matrix products), not elementwise ops.
+    """
+    param = next(model.parameters())
+    probe = torch.zeros(1, 3, 256, 256, device=param.device, dtype=param.dtype)
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), counter:
+        model(probe)
+    model.train(was_training)
+    return counter.get_total_flops() / 2 * 1e6 / (256 * 256)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / DataParallel / AveragedModel (EMA) / torch.compile wrappers, nested or not."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel | AveragedModel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A clean state dict for checkpoints: wrappers unwrapped, no `module.` / `_orig_mod.` prefixes.
+
+    The tensors share storage with the model, as `state_dict()`'s do; clone them to keep a snapshot.
+    """
+    return strip_prefixes(unwrap(model).state_dict())
+
+
+def strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """Remove leading `module.` / `_orig_mod.` (in any order and number) from every key; drop EMA's `n_averaged`."""
+    clean = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        if key != "n_averaged":
+            clean[key] = value
+    return clean
+
+
+def load_model(
+    path: str | os.PathLike | BinaryIO,
+    *,
+    name: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+    use_ema: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> nn.Module:
+    """Load a model for inference (returned in eval mode) from a checkpoint file; never unpickles arbitrary objects.
+
+    Accepts (a) this project's checkpoint dict, rebuilt from its `model_name` / `model_kwargs` (`name` / `kwargs`
+    override them when given) with its `ema` weights preferred when present and `use_ema`; (b) BasicSR-style
+    `{"params": ..., "params_ema": ...}` (`params_ema` preferred when `use_ema`); (c) a bare state dict. For (b) and
+    (c) the caller passes `name` and `kwargs`. Wrapper prefixes are stripped; loading is strict.
+    """
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain containers; refusing to unpickle it "
+            f"(loaded with weights_only=True). Re-save it with plain state dicts. Detail: {err}"
+        ) from err
+    state, saved_name, saved_kwargs = select_state(checkpoint, use_ema)
+    name = name if name is not None else saved_name
+    kwargs = kwargs if kwargs is not None else saved_kwargs
+    if name is None:
+        raise ValueError(
+            f"{path} is a BasicSR-style or bare state dict without a model name: "
+            f"pass name= (one of {', '.join(sorted(MODELS))}) and kwargs= to load_model"
+        )
+    model = create_model(name, **(kwargs or {}))
+    load_strict(model, strip_prefixes(state), f"{path} as {name}({kwargs or {}})")
+    return model.eval()
+
+
+def select_state(checkpoint: Any, use_ema: bool) -> tuple[dict[str, Any], str | None, dict[str, Any] | None]:
+    """Pick the weights from a loaded checkpoint: `(state_dict, model_name or None, model_kwargs or None)`."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"expected a checkpoint dict or a state dict, got {type(checkpoint).__name__}")
+    if "model" in checkpoint:
+        if "model_name" not in checkpoint:
+            raise ValueError("checkpoint has 'model' weights but no 'model_name' to rebuild the model from")
+        ema = checkpoint.get("ema")
+        state = ema if use_ema and ema is not None else checkpoint["model"]
+        return state, checkpoint["model_name"], checkpoint.get("model_kwargs") or {}
+    if "params" in checkpoint or "params_ema" in checkpoint:
+        key = "params_ema" if use_ema and checkpoint.get("params_ema") is not None else "params"
+        if checkpoint.get(key) is None:
+            raise ValueError(f"BasicSR-style checkpoint has no usable '{key}' weights")
+        return checkpoint[key], None, None
+    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        return checkpoint, None, None
+    raise ValueError(
+        "unrecognised checkpoint: expected {'model', 'model_name', ...}, {'params'/'params_ema'} or a bare "
+        f"state dict; top-level keys: {sorted(map(str, checkpoint))[:8]}"
+    )
+
+
+def load_strict(model: nn.Module, state: dict[str, Any], what: str) -> None:
+    """`load_state_dict` with every key required and none extra, naming a few offenders on failure."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"weights in {what} do not fit the model: {err}") from err
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"weights in {what} do not match the model: "
+            f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[:3]}), "
+            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
+        )
+
+
+__all__ = [
+    "MODELS",
+    "NAFNet",
+    "ResNet",
+    "count_params",
+    "create_model",
+    "load_model",
+    "macs_per_megapixel",
+    "model_state",
+    "unwrap",
+]
