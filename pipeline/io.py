@@ -113,7 +113,8 @@ def pil_jpeg(rgb8: np.ndarray, quality: int, subsampling: str = "4:2:0") -> np.n
 
 def to_tensor(rgb8: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 array -> (3, H, W) float32 tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb8)).permute(2, 0, 1).float().div_(255.0)
+    writable = rgb8 if rgb8.flags.writeable else rgb8.copy()  # decoded arrays can be read-only views
+    return torch.from_numpy(np.ascontiguousarray(writable)).permute(2, 0, 1).float().div_(255.0)
 
 
 def to_rgb8_array(image: torch.Tensor) -> np.ndarray:

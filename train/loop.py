@@ -168,7 +168,8 @@ def fit(cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = Non
     """Train for `cfg.run.steps` steps (or until `stop_after`, a signal, or NaN); returns the last validation."""
     device = pick_device(cfg.run.device)
     if device.type == "cpu":
-        torch.set_num_threads(cfg.run.threads or max(1, (os.cpu_count() or 1) - cfg.loader.workers))
+        # decode workers are light (a few % of a core each at CPU training speeds): keep most cores for compute
+        torch.set_num_threads(cfg.run.threads or max(1, (os.cpu_count() or 1) - cfg.loader.workers // 2))
     state = build_state(cfg, device)
     if resume is not None:
         restore(state, resume)

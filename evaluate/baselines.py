@@ -1,0 +1,64 @@
+"""Restorers the harness can run: a trained model, the identity (restored = degraded) and BM3D.
+
+A restorer maps a degraded `(1, 3, H, W)` float32 tensor on the evaluation device (values in [0, 1], or unbounded
+under the anchor protocol) and the true `sigma_255` to the restored `(1, 3, H, W)` tensor on the same device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+Restorer = Callable[[torch.Tensor, float], torch.Tensor]
+
+BASELINES = ("bm3d",)
+
+
+def identity_restorer(degraded: torch.Tensor, sigma_255: float) -> torch.Tensor:
+    """No restoration: the degraded input itself (the harness's 'identity' model and the input baseline)."""
+    return degraded
+
+
+def model_restorer(model: nn.Module) -> Restorer:
+    """Wrap a blind restoration model (eval mode, (N, 3, H, W) in and out) as a restorer; sigma is not passed."""
+
+    def restore(degraded: torch.Tensor, sigma_255: float) -> torch.Tensor:
+        was_training = model.training  # a trainer's model goes back to its mode afterwards
+        model.eval()
+        try:
+            with torch.inference_mode():
+                return model(degraded).float()
+        finally:
+            model.train(was_training)
+
+    return restore
+
+
+def bm3d_restorer() -> Restorer:
+    """CBM3D (`bm3d.bm3d_rgb`, opponent colour space) told the true Gaussian sigma; runs on the CPU in numpy.
+
+    It knows nothing of JPEG: in cells with a quality it is told only the Gaussian sigma. Sigma 0 returns the input.
+    """
+    try:
+        import bm3d
+    except ImportError as err:
+        raise ImportError("the bm3d baseline needs the bm3d package: pip install bm3d (or the 'bench' extra)") from err
+
+    def restore(degraded: torch.Tensor, sigma_255: float) -> torch.Tensor:
+        if sigma_255 <= 0:
+            return degraded
+        noisy = degraded[0].permute(1, 2, 0).double().cpu().numpy()  # (H, W, 3) float, bm3d's layout
+        denoised = np.asarray(bm3d.bm3d_rgb(noisy, sigma_255 / 255.0), dtype=np.float32)
+        return torch.from_numpy(denoised).permute(2, 0, 1)[None].to(degraded.device)
+
+    return restore
+
+
+def make_baseline(name: str) -> Restorer:
+    """A named baseline restorer ('bm3d')."""
+    if name == "bm3d":
+        return bm3d_restorer()
+    raise ValueError(f"unknown baseline {name!r}; choose one of {BASELINES}")
