@@ -146,14 +146,20 @@ def _write_one(index: int, folder: Path, seed: int, size: int) -> None:
     save_png(render(image_seed(seed, index), size), folder / f"leaves-{index:06d}.png")
 
 
+def render_pngs(folder: str | Path, count: int, *, size: int = 256, seed: int = 0, workers: int = 1) -> None:
+    """Write `count` dead-leaves PNGs to `folder` (also a clean test set for `python -m evaluate`)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    job = partial(_write_one, folder=Path(folder), seed=seed, size=size)
+    with multiprocessing.Pool(workers) if workers > 1 else nullcontext() as pool:
+        for done, _ in enumerate(pool.imap(job, range(count)) if pool else map(job, range(count)), 1):
+            if done % 50 == 0 or done == count:
+                print(f"synth: {done}/{count} images", file=sys.stderr)
+
+
 def synth(out: str | Path, count: int, *, size: int = 256, seed: int = 0, workers: int = 1, **pack_kwargs) -> dict:
     """Render `count` images as PNGs in a temporary folder and pack them into `out`; return the manifest."""
     with tempfile.TemporaryDirectory(prefix="synth-") as folder:
-        job = partial(_write_one, folder=Path(folder), seed=seed, size=size)
-        with multiprocessing.Pool(workers) if workers > 1 else nullcontext() as pool:
-            for done, _ in enumerate(pool.imap(job, range(count)) if pool else map(job, range(count)), 1):
-                if done % 50 == 0 or done == count:
-                    print(f"synth: {done}/{count} images", file=sys.stderr)
+        render_pngs(folder, count, size=size, seed=seed, workers=workers)
         return pack(folder, out, seed=seed, workers=workers, **pack_kwargs)
 
 
@@ -165,7 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--min-shards", type=int, default=8)
+    parser.add_argument("--png-only", action="store_true", help="write the PNGs to OUT, do not pack them")
     args = parser.parse_args(argv)
+    if args.png_only:
+        render_pngs(args.out, args.count, size=args.size, seed=args.seed)
+        return
     manifest = synth(
         args.out, args.count, size=args.size, seed=args.seed, val_fraction=args.val_fraction, min_shards=args.min_shards
     )

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from evaluate.metrics import ssim
-from model import create_model, model_state
+from model import create_model, model_state, unwrap
 from pipeline.degrade import sample_and_degrade
 from pipeline.loader import make_loader
 from pipeline.valset import build_valset
@@ -69,7 +69,10 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA by default; fp16 only when asked (MPS/CUDA); never on the CPU path by default."""
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    choices = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in choices:
+        raise ValueError(f"run.amp must be auto, off, bf16 or fp16, got '{amp}'")
+    return choices[amp]
 
 
 @dataclass
@@ -98,6 +101,8 @@ def build_state(cfg: TrainConfig, device: torch.device) -> State:
     ema = None
     if cfg.optim.ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    if cfg.run.compile:
+        model = torch.compile(model)  # checkpoints unwrap `_orig_mod.` (model.model_state)
     dtype = amp_dtype(cfg.run.amp, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
     generator = torch.Generator(device).manual_seed(cfg.run.seed)
@@ -125,7 +130,7 @@ def save(state: State, cfg: TrainConfig, path: Path) -> None:
 
 def restore(state: State, path: Path) -> None:
     saved = checkpoint.load(path)
-    state.model.load_state_dict(saved["model"])
+    unwrap(state.model).load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     if state.ema is not None and saved["ema"] is not None:
         state.ema.module.load_state_dict(saved["ema"])
