@@ -9,6 +9,7 @@ and without the device degradation. Medians over `--repeats`; the device is sync
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -62,6 +63,15 @@ def _row(stage: str, img_per_s: float, pixels_per_img: float, note: str = "") ->
     }
 
 
+def _read_through(path: str, chunk: int = 1 << 22) -> int:
+    """Read a file in 4 MiB chunks (no whole-file buffer); returns the bytes read."""
+    total = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            total += len(block)
+    return total
+
+
 def _pillow_pool_job(args: tuple[np.ndarray, dict, int]) -> np.ndarray:
     patch, row, seed = args
     return degrade_reference(patch, row, np.random.default_rng(seed))
@@ -69,9 +79,8 @@ def _pillow_pool_job(args: tuple[np.ndarray, dict, int]) -> np.ndarray:
 
 def bench_stages(shards: Path, device: torch.device, patch: int, batch: int, repeats: int, limit: int) -> list[dict]:
     urls = [str(p) for p in split_shards(shards, "train")]
-    payloads = [
-        next(s[e] for e in IMAGE_EXTS if e in s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-    ][:limit]
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None)
+    payloads = [next(s[e] for e in IMAGE_EXTS if e in s) for s in itertools.islice(dataset, limit)]
     images = [decode_rgb8(p) for p in payloads]
     pixels = float(np.mean([a.shape[0] * a.shape[1] for a in images]))
     pil_name = "pillow-simd" if ".post" in PIL.__version__ else "pillow"
@@ -79,7 +88,7 @@ def bench_stages(shards: Path, device: torch.device, patch: int, batch: int, rep
     rows = [
         _row(
             "read tar bytes",
-            _median_rate(lambda: [Path(u).read_bytes() for u in urls], samples, repeats, device),
+            _median_rate(lambda: [_read_through(u) for u in urls], samples, repeats, device),
             pixels,
             "all train tars, page cache warm",
         ),
@@ -220,11 +229,11 @@ def main() -> None:
         "--threads",
         type=int,
         default=0,
-        help="torch intra-op threads (0 = cores - loader workers, at least 1, as the trainer uses)",
+        help="torch intra-op threads (0 = cores - workers // 2, as the trainer uses)",
     )
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - args.workers))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - args.workers // 2))
     rows = bench_stages(args.shards, device, args.patch, args.batch, args.repeats, args.limit)
     loader_cfg = LoaderConfig(patch_size=args.patch, batch_size=args.batch, workers=args.workers)
     rows += bench_loaders(args.shards, device, loader_cfg, args.steps, args.repeats)

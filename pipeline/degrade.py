@@ -11,6 +11,7 @@ A sample with sigma 0 and no JPEG is returned exactly as given.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -76,13 +77,13 @@ def sample_params(
     def integers(low: int, high: int) -> torch.Tensor:  # inclusive
         return torch.randint(low, high + 1, (n,), generator=generator, device=device)
 
-    mix = torch.tensor([cfg.p_noise_only, cfg.p_jpeg_only, cfg.p_both, cfg.p_neither], device=device)
+    mix = _constant((cfg.p_noise_only, cfg.p_jpeg_only, cfg.p_both, cfg.p_neither), torch.float32, device)
     kind = torch.multinomial(mix, n, replacement=True, generator=generator)  # 0 noise, 1 jpeg, 2 both, 3 neither
     has_noise, has_jpeg = (kind == 0) | (kind == 2), (kind == 1) | (kind == 2)
     sigma = uniform(ranges.sigma_min_255, ranges.sigma_max_255) * has_noise
     quality = integers(ranges.quality_min, ranges.quality_max) * has_jpeg
-    codes = torch.tensor([SUBSAMPLING[name] for name in cfg.subsampling], device=device)
-    weights = torch.tensor(list(cfg.subsampling.values()), device=device, dtype=torch.float32)
+    codes = _constant(tuple(SUBSAMPLING[name] for name in cfg.subsampling), torch.int64, device)
+    weights = _constant(tuple(cfg.subsampling.values()), torch.float32, device)
     subsampling = codes[torch.multinomial(weights, n, replacement=True, generator=generator)]
     double = torch.rand(n, generator=generator, device=device) < cfg.p_double_jpeg
     quality2 = integers(ranges.quality_min, ranges.quality_max) * (double & has_jpeg)
@@ -94,6 +95,12 @@ def sample_params(
         "shift_y": integers(0, 7),
         "shift_x": integers(0, 7),
     }
+
+
+@functools.cache
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Small constant tensors, copied to the device once (each pageable copy would be a host-device sync)."""
+    return torch.tensor(values, dtype=dtype).to(device)
 
 
 def sample_and_degrade(
@@ -112,29 +119,22 @@ def degrade(
     noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
     noisy = (clean + noise * (sigma / 255.0)).clamp(0, 1)
     quantised = noisy + ((noisy * 255).round() / 255 - noisy).detach()
-    out = _jpeg_where(quantised, params["quality"], params["subsampling"])
-    second = params["quality2"] > 0
-    if bool(second.any()):
-        index = second.nonzero().squeeze(1)
+    # one host-device sync: how many samples get a first and a second JPEG
+    has_jpeg, has_second = params["quality"] > 0, params["quality2"] > 0
+    n_jpeg, n_second = torch.stack([has_jpeg.sum(), has_second.sum()]).tolist()
+    out = quantised
+    if n_jpeg:
+        index = torch.argsort(has_jpeg.int(), descending=True, stable=True)[:n_jpeg]
+        out = out.index_copy(0, index, jpeg(out[index], params["quality"][index], params["subsampling"][index]))
+    if n_second:
+        index = torch.argsort(has_second.int(), descending=True, stable=True)[:n_second]
         shifted = _shifted_jpeg(
-            out[index],
-            params["quality2"][index],
-            params["subsampling"][index],
-            params["shift_y"][index],
+            out[index], params["quality2"][index], params["subsampling"][index], params["shift_y"][index],
             params["shift_x"][index],
-        )
+        )  # fmt: skip
         out = out.index_copy(0, index, shifted)
     untouched = ((params["sigma_255"] == 0) & (params["quality"] == 0))[:, None, None, None]
     return torch.where(untouched, clean, out)
-
-
-def _jpeg_where(image: torch.Tensor, quality: torch.Tensor, subsampling: torch.Tensor) -> torch.Tensor:
-    """JPEG the samples whose quality is > 0, leave the others as they are."""
-    active = quality > 0
-    if not bool(active.any()):
-        return image
-    index = active.nonzero().squeeze(1)
-    return image.index_copy(0, index, jpeg(image[index], quality[index], subsampling[index]))
 
 
 def _shifted_jpeg(

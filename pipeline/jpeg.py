@@ -16,6 +16,8 @@ per-sample code from `SUBSAMPLING`.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -42,12 +44,16 @@ STD_CHROMA = [
 ] + [[99] * 8] * 4
 
 
+@functools.cache
+def _base_tables(device: torch.device) -> torch.Tensor:
+    return torch.tensor([STD_LUMA, STD_CHROMA], dtype=torch.int32).to(device)
+
+
 def quant_tables(quality: torch.Tensor) -> torch.Tensor:
     """(N,) integer quality 1..100 -> (N, 2, 8, 8) int32 luma/chroma tables, as libjpeg's `jpeg_set_quality`."""
     quality = quality.to(torch.int32).clamp(1, 100)
     scale = torch.where(quality < 50, 5000 // quality, 200 - 2 * quality)  # jpeg_quality_scaling
-    base = torch.tensor([STD_LUMA, STD_CHROMA], dtype=torch.int32, device=quality.device)
-    tables = (base[None] * scale[:, None, None, None] + 50) // 100
+    tables = (_base_tables(quality.device)[None] * scale[:, None, None, None] + 50) // 100
     return tables.clamp(1, 255)  # force_baseline, as Pillow asks for
 
 
@@ -55,18 +61,21 @@ def jpeg(image: torch.Tensor, quality: torch.Tensor, subsampling: torch.Tensor |
     """Encode + decode each sample of `image` as libjpeg would; differentiable through a float surrogate.
 
     `image` is first rounded to 8 bits (a JPEG encoder only sees 8-bit pixels). `subsampling` defaults to 4:2:0,
-    libjpeg's and Pillow's default. Samples are grouped by subsampling mode (at most three groups), never looped.
+    libjpeg's and Pillow's default. Samples are grouped by subsampling mode (at most three groups), never looped;
+    the group sizes are the one host-device sync.
     """
     n = image.shape[0]
     if subsampling is None:
         subsampling = torch.full((n,), SUBSAMPLING["4:2:0"], device=image.device)
     tables = quant_tables(quality.to(image.device))
+    order = torch.argsort(subsampling, stable=True)
+    counts = torch.stack([(subsampling == code).sum() for code in _FACTORS]).tolist()
     out = torch.empty_like(image)
-    for code, factors in _FACTORS.items():
-        index = (subsampling == code).nonzero().squeeze(1)
-        if index.numel() == 0:
-            continue
-        out[index] = _jpeg_group(image[index], tables[index], factors)
+    start = 0
+    for code, count in enumerate(counts):
+        index, start = order[start : start + count], start + count
+        if count:
+            out[index] = _jpeg_group(image[index], tables[index], _FACTORS[code])
     return out
 
 
@@ -83,6 +92,7 @@ def _jpeg_group(image: torch.Tensor, tables: torch.Tensor, factors: tuple[int, i
 # --- float surrogate: the gradient path ----------------------------------------------------------------------------
 
 _RGB_TO_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_YCC_TO_RGB = torch.linalg.inv(_RGB_TO_YCC)
 
 
 def _dct_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -106,7 +116,7 @@ def _soft_codec(image: torch.Tensor, tables: torch.Tensor, factors: tuple[int, i
     if factors != (1, 1):
         chroma = F.interpolate(chroma, scale_factor=factors, mode="bilinear", align_corners=False)
     ycc = torch.cat([luma, chroma[:, :, :height, :width]], dim=1)
-    inverse = torch.linalg.inv(_RGB_TO_YCC).to(image)
+    inverse = _YCC_TO_RGB.to(image)
     rgb = torch.einsum("ij,njhw->nihw", inverse, ycc + torch.tensor([128.0, 0, 0], device=image.device)[:, None, None])
     return rgb.clamp(0, 255) / 255
 

@@ -11,6 +11,7 @@ and converts to float there ([DALI] `fast_collate`: 4x less host-to-device traff
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,7 +135,14 @@ def patch_dataloader(
         persistent_workers=workers,
         prefetch_factor=cfg.prefetch if workers else None,
         drop_last=False,  # an endless stream has no last batch; a finite one (passes=N) keeps every sample
+        worker_init_fn=_ignore_stop_signals,
     )
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Ctrl-C / SIGTERM to the process group is the trainer's to handle (checkpoint, then stop); workers end with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def torch_loader(
@@ -149,4 +157,4 @@ def torch_loader(
 
 def _to_device(batches: DataLoader, device: torch.device) -> Iterator[torch.Tensor]:
     for patches, _keys in batches:
-        yield patches.to(device, non_blocking=True).float().div_(255.0)  # (N, 3, P, P)
+        yield patches.to(device, non_blocking=device.type == "cuda").float().div_(255.0)  # (N, 3, P, P)

@@ -27,10 +27,10 @@ def degrade_reference(clean8: np.ndarray, params: dict[str, float | int], rng: n
         return clean8.copy()
     noisy = clean8.astype(np.float64) + rng.standard_normal(clean8.shape) * sigma
     out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-    subsampling = SUBSAMPLING_NAMES[int(params.get("subsampling", 2))]
     if quality > 0:
+        subsampling = SUBSAMPLING_NAMES[int(params["subsampling"])]
         out = pil_jpeg(out, quality, subsampling)
-        if int(params.get("quality2", 0)) > 0:
+        if int(params["quality2"]) > 0:
             out = jpeg_shifted(
                 out, int(params["quality2"]), subsampling, int(params["shift_y"]), int(params["shift_x"])
             )

@@ -47,7 +47,7 @@ def read_split_images(shards_dir: str | Path, split: str = "val", limit: int = 0
     """Decode the images of one split in manifest order -> list of (H, W, 3) uint8."""
     urls = [str(p) for p in split_shards(shards_dir, split)]
     images = []
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None):
         ext = next(e for e in IMAGE_EXTS if e in sample)
         images.append(decode_rgb8(sample[ext]))
         if limit and len(images) >= limit:

@@ -75,6 +75,30 @@ def test_config_layers_and_strictness(tmp_path):
         load_config("cpu", None, ["loader.batch_size=big"])
     with pytest.raises(ValueError, match="key=value"):
         parse_set(["novalue"])
+    with pytest.raises(ValueError, match="run.log_every"):
+        load_config("cpu", None, ["run.log_every=0"])
+    with pytest.raises(ValueError, match="loss.kind"):
+        load_config("cpu", None, ["loss.kind=l3"])
+
+
+def test_dict_fields_merge_by_key_and_floats_parse():
+    cfg = load_config("cpu", None, ["model.kwargs.width=32", "optim.lr=1e-3", "degrade.subsampling.4:4:4=0.5"])
+    assert cfg.model.kwargs["width"] == 32 and cfg.model.kwargs["enc_blocks"] == [1, 1, 1, 1]
+    assert cfg.optim.lr == 0.001 and cfg.degrade.subsampling == {"4:2:0": 0.7, "4:2:2": 0.1, "4:4:4": 0.5}
+
+
+def test_a_checkpoint_never_holds_nan_weights(shards, tmp_path):
+    from train.loop import build_state, save
+
+    cfg = tiny_config()
+    state = build_state(cfg, torch.device("cpu"))
+    save(state, cfg, tmp_path / "last.pt")
+    before = (tmp_path / "last.pt").read_bytes()
+    with torch.no_grad():
+        next(state.model.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="not finite"):
+        save(state, cfg, tmp_path / "last.pt")
+    assert (tmp_path / "last.pt").read_bytes() == before and list(tmp_path.iterdir()) == [tmp_path / "last.pt"]
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -94,22 +118,26 @@ def test_resume_is_exact_in_process(shards, tmp_path):
 
 
 def test_sigterm_checkpoints_and_resume_continues_exactly(shards, tmp_path):
-    """A real process is killed mid-run (SIGTERM), resumed with --resume auto, and ends where a straight run ends."""
-    fit(tiny_config("run.steps=30"), shards, tmp_path / "straight")
+    """A real run with a loader worker gets SIGTERM on its whole process group (as Ctrl-C, scancel or `kill -- -PGID`
+    deliver it) mid-run; it checkpoints, and `--resume auto` ends with the weights of an uninterrupted run."""
+    extra = ["run.steps=30", "loader.workers=1"]
+    fit(tiny_config(*extra), shards, tmp_path / "straight")
     run_dir = tmp_path / "killed"
     command = [sys.executable, str(ROOT / "train" / "run.py"), "--shards", str(shards), "--out", str(run_dir)]
-    sets = [arg for item in [*TINY, "run.steps=30"] for arg in ("--set", item)]
-    process = subprocess.Popen(command + sets, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sets = [arg for item in [*TINY, *extra] for arg in ("--set", item)]
+    process = subprocess.Popen(command + sets, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"step": 4' in metrics.read_text()):
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0].decode()
     assert process.returncode == 0, output
     stopped_at = load(run_dir / "last.pt")["step"]
     assert 4 <= stopped_at < 30 and "stopped by signal" in metrics.read_text()
-    subprocess.run(command + ["--resume", "auto"], check=True, capture_output=True, timeout=300)
+    refused = subprocess.run(command + sets, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "already holds a run" in refused.stderr
+    subprocess.run(command + ["--resume", "auto"], check=True, capture_output=True, timeout=300)  # saved config
     straight, resumed = weights(tmp_path / "straight" / "last.pt"), weights(run_dir / "last.pt")
     assert load(run_dir / "last.pt")["step"] == 30
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)

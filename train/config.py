@@ -94,7 +94,7 @@ def default_config(device_type: str) -> TrainConfig:
 
 
 def merge(cfg: Any, updates: dict[str, Any], where: str = "") -> Any:
-    """Apply a nested dict of updates to a dataclass tree, checking every key and type."""
+    """Apply a nested dict of updates to a dataclass tree, checking every key and type; dict fields merge by key."""
     names = {f.name: f for f in dataclasses.fields(cfg)}
     hints = typing.get_type_hints(type(cfg))
     for key, value in updates.items():
@@ -106,9 +106,21 @@ def merge(cfg: Any, updates: dict[str, Any], where: str = "") -> Any:
             if not isinstance(value, dict):
                 raise TypeError(f"config '{path}' is a section; give it a mapping, not {value!r}")
             merge(current, value, path + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            setattr(cfg, key, _merge_dict(current, value))
         else:
             setattr(cfg, key, _coerce(value, hints[key], path))
     return cfg
+
+
+def _merge_dict(current: dict, updates: dict) -> dict:
+    merged = dict(current)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_dict(merged[key], value)
+        else:
+            merged[key] = yaml.safe_load(value) if isinstance(value, _Raw) else value
+    return merged
 
 
 class _Raw(str):
@@ -119,11 +131,30 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     origin = typing.get_origin(hint) or hint
     if isinstance(value, _Raw):
         value = str(value) if origin is str else yaml.safe_load(value)
+    if origin is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-3 as text
+        except ValueError:
+            pass
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin is Any or isinstance(value, origin) and not (origin is int and isinstance(value, bool)):
         return value
     raise TypeError(f"config '{path}' must be {getattr(origin, '__name__', origin)}, got {value!r}")
+
+
+def check(cfg: TrainConfig) -> TrainConfig:
+    """Values that would only fail later in the run fail now, with the key named."""
+    for key in ("steps", "log_every", "val_every", "ckpt_every"):
+        if getattr(cfg.run, key) < 1:
+            raise ValueError(f"run.{key} must be >= 1, got {getattr(cfg.run, key)}")
+    choices = {"loss.kind": (cfg.loss.kind, ("l1", "charbonnier", "psnr")),
+               "run.amp": (cfg.run.amp, ("auto", "off", "bf16", "fp16")),
+               "log.wandb": (cfg.log.wandb, ("offline", "online", "off"))}  # fmt: skip
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
+    return cfg
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -141,12 +172,14 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return nested
 
 
-def load_config(device_type: str, path: str | Path | None = None, sets: list[str] | None = None) -> TrainConfig:
-    """defaults (for this device) <- YAML file <- --set overrides."""
-    cfg = default_config(device_type)
+def load_config(
+    device_type: str, path: str | Path | None = None, sets: list[str] | None = None, base: dict | None = None
+) -> TrainConfig:
+    """defaults for this device (or `base`, a resumed run's saved config) <- YAML file <- --set overrides."""
+    cfg = from_dict(base) if base is not None else default_config(device_type)
     if path is not None:
         merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
-    return merge(cfg, parse_set(sets or []))
+    return check(merge(cfg, parse_set(sets or [])))
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class RunLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         self.cfg, self.run_dir = cfg, run_dir
+        _keep_rows_up_to(run_dir / "metrics.jsonl", start_step)  # a resumed run rewrites what came after its checkpoint
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         self.bar = tqdm(total=cfg.run.steps, initial=start_step, desc="train", dynamic_ncols=True, file=sys.stderr)
         self.first_loss: float | None = None
@@ -109,6 +110,13 @@ class RunLogger:
         warnings.warn(text, stacklevel=2)
 
 
+def _keep_rows_up_to(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    rows = path.read_text().splitlines()
+    path.write_text("".join(row + "\n" for row in rows if step > 0 and json.loads(row).get("step", 0) <= step))
+
+
 def _degradation_stats(params: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     sigma = torch.cat([p["sigma_255"] for p in params]).float()
     quality = torch.cat([p["quality"] for p in params]).float()
@@ -148,7 +156,8 @@ def _start_wandb(cfg: TrainConfig, run_dir: Path):
         warnings.warn("wandb is not installed (pip install -e .[wandb]): logging to metrics.jsonl only", stacklevel=2)
         return None
     id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+    resuming = id_file.exists() and (run_dir / "last.pt").exists()
+    run_id = id_file.read_text().strip() if resuming else secrets.token_hex(4)
     id_file.write_text(run_id)
     return wandb.init(project=cfg.log.project, dir=str(run_dir), mode=cfg.log.wandb, id=run_id, resume="allow",
                       config=to_dict(cfg), settings=wandb.Settings(console="off", silent=True))  # fmt: skip

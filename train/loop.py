@@ -110,6 +110,10 @@ def build_state(cfg: TrainConfig, device: torch.device) -> State:
 
 
 def save(state: State, cfg: TrainConfig, path: Path) -> None:
+    """Checkpoint `state` atomically; refuses (raises) when any weight is NaN/inf, so a good file is never replaced."""
+    finite = torch.stack([p.detach().isfinite().all() for p in state.model.parameters()]).all()
+    if not bool(finite):
+        raise FloatingPointError(f"weights are not finite at step {state.step}: not overwriting {path.name}")
     checkpoint.atomic_save(
         {
             "model": model_state(state.model),
@@ -122,14 +126,21 @@ def save(state: State, cfg: TrainConfig, path: Path) -> None:
             "step": state.step,
             "best_psnr": state.best_psnr,
             "config": to_dict(cfg),
+            "device_type": state.generator.device.type,
             "rng": checkpoint.rng_state(state.generator),
         },
         path,
     )
 
 
-def restore(state: State, path: Path) -> None:
+def restore(state: State, path: Path) -> dict:
+    """Load weights, optimizer and counters from `path`; returns the saved RNG states (set them after the replay)."""
     saved = checkpoint.load(path)
+    if saved["device_type"] != state.generator.device.type:
+        raise ValueError(
+            f"{path} was written on {saved['device_type']}; resume it on a {saved['device_type']} device "
+            f"(RNG states do not carry over), or start a new run from its weights"
+        )
     unwrap(state.model).load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     if state.ema is not None and saved["ema"] is not None:
@@ -138,7 +149,7 @@ def restore(state: State, path: Path) -> None:
     if state.scaler is not None and saved["scaler"] is not None:
         state.scaler.load_state_dict(saved["scaler"])
     state.step, state.best_psnr = saved["step"], saved["best_psnr"]
-    checkpoint.set_rng_state(saved["rng"], state.generator)
+    return saved["rng"]
 
 
 def train_step(state: State, clean: torch.Tensor, cfg: TrainConfig, lr: float, dtype: torch.dtype | None):
@@ -176,23 +187,27 @@ def fit(cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = Non
         # decode workers are light (a few % of a core each at CPU training speeds): keep most cores for compute
         torch.set_num_threads(cfg.run.threads or max(1, (os.cpu_count() or 1) - cfg.loader.workers // 2))
     state = build_state(cfg, device)
-    if resume is not None:
-        restore(state, resume)
+    rng = restore(state, resume) if resume is not None else None
     valset = build_valset(shards, cfg.degrade, cfg.run.seed, cfg.val.crop, cfg.val.variants)
     loader = make_loader(shards, "train", cfg.loader, device)
-    for _ in range(state.step):  # replay the data stream: a resumed run sees exactly the batches a straight run saw
-        next(loader)
     logger = RunLogger(cfg, run_dir, start_step=state.step, device=device)
+    if rng is not None:
+        logger.message(f"resuming: replaying {state.step} batches so the data stream continues exactly")
+        for _ in range(state.step):
+            next(loader)
+        checkpoint.set_rng_state(rng, state.generator)
     dtype = amp_dtype(cfg.run.amp, device)
     handlers = _catch_signals(state)
-    last_val: dict = {}
     try:
-        last_val = _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after)
+        return _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after)
+    except Exception:
+        if state.stop_signal:  # a signal broke the step (e.g. it also killed the loader workers): keep the work
+            save(state, cfg, run_dir / "last.pt")
+        raise
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         logger.close()
-    return last_val
 
 
 def _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after) -> dict:
@@ -232,12 +247,15 @@ def _validate_and_keep_best(state: State, cfg: TrainConfig, valset, logger: RunL
 
 
 def _catch_signals(state: State) -> dict:
-    """SIGINT/SIGTERM ask the loop to checkpoint and stop after the current step."""
+    """The first SIGINT/SIGTERM asks the loop to checkpoint and stop after the current step; a second one quits."""
+    previous = {}
 
     def handler(signum, _frame):
         state.stop_signal.append(signum)
+        if len(state.stop_signal) > 1:
+            signal.signal(signum, previous[signum])
+            raise KeyboardInterrupt(f"second signal {signum}: quitting without waiting for the step")
 
-    previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)
     return previous

@@ -2,8 +2,9 @@
 
 python train/run.py --shards DIR [--config FILE.yaml] [--set a.b=v ...] [--out RUN_DIR] [--resume auto|PATH]
 
-With no --config the defaults fit the device found (CUDA, then MPS, then CPU). `--resume auto` continues from
-RUN_DIR/last.pt when there is one, with the run's saved config.yaml as the base (then --config, then --set).
+With no --config the defaults fit the device found (CUDA, then MPS, then CPU). A resumed run starts from the config
+saved in its checkpoint, then applies --config and --set. `--resume auto` continues from RUN_DIR/last.pt when
+there is one (and starts fresh otherwise); it needs --out.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import argparse
 import time
 from pathlib import Path
 
-from train.checkpoint import resolve_resume
+from train import checkpoint
 from train.config import load_config
 from train.loop import fit, pick_device
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, type=Path, help="shard folder (python -m shards.pack / synth)")
     parser.add_argument("--config", type=Path, help="YAML file overriding the defaults")
@@ -25,12 +26,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="run folder (default runs/<time>)")
     parser.add_argument("--resume", help="auto (RUN_DIR/last.pt if present) or a checkpoint path")
     args = parser.parse_args(argv)
+    if args.resume == "auto" and args.out is None:
+        parser.error("--resume auto needs --out RUN_DIR (the run folder to continue)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     run_dir = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    resume = resolve_resume(args.resume, run_dir)
-    device = pick_device(load_config("cpu", args.config, args.set).run.device)
-    saved = run_dir / "config.yaml"
-    base = saved if resume is not None and saved.is_file() and args.config is None else args.config
-    cfg = load_config(device.type, base, args.set)
+    resume = checkpoint.resolve_resume(args.resume, run_dir)
+    if resume is None and (run_dir / "last.pt").exists():
+        raise SystemExit(f"{run_dir} already holds a run (last.pt): pass --resume auto, or choose another --out")
+    base = checkpoint.load(resume)["config"] if resume is not None else None
+    device_name = load_config("cpu", args.config, args.set, base).run.device
+    cfg = load_config(pick_device(device_name).type, args.config, args.set, base)
     result = fit(cfg, args.shards, run_dir, resume)
     summary = f"val PSNR {result['psnr_model']:.2f} dB (input {result['psnr_input']:.2f})" if result else "no val"
     print(f"done: {summary}; run folder {run_dir}: metrics.jsonl, config.yaml, samples/, last.pt, best.pt")

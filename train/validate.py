@@ -51,8 +51,9 @@ def validate(
         values["psnr_input"].clamp(max=PSNR_CAP_DB),
         values["psnr_model"].clamp(max=PSNR_CAP_DB),
     )
-    degraded_only = values["psnr_input"] < PSNR_CAP_DB  # untouched samples have their own bucket
-    result = {k: round(float(v[degraded_only].mean()), 4) for k, v in values.items()}
+    untouched = (valset.params["sigma_255"] == 0) & (valset.params["quality"] == 0)  # reported in their own bucket
+    overall = ~untouched if bool((~untouched).any()) else torch.ones_like(untouched)
+    result = {k: round(float(v[overall].mean()), 4) for k, v in values.items()}
     buckets: dict[str, dict] = {}
     names = _bucket_names(valset.params)
     for name in sorted(set(names)):
