@@ -11,8 +11,8 @@ py=.venv/bin/python
 [ -f "$shards/manifest.json" ] || $py -m shards.synth "$shards" --count "${COUNT:-240}"
 $py -m shards.verify "$shards"
 $py -m pipeline.preview --shards "$shards" --out "$out/preview.png"
-$py train/run.py --shards "$shards" --out "$out/run" --set run.steps="${STEPS:-600}" --set run.val_every=200 \
-  --set run.ckpt_every=200 --set run.sanity_steps=400 --set optim.warmup_steps=50
+$py train/run.py --shards "$shards" --out "$out/run" --resume auto --set run.steps="${STEPS:-600}" \
+  --set run.val_every=200 --set run.ckpt_every=200 --set run.sanity_steps=400 --set optim.warmup_steps=50
 [ -d "$out/test_images" ] || $py -m shards.synth "$out/test_images" --count 8 --seed 12345 --png-only
 $py -m evaluate --model "$out/run/best.pt" --data "$out/test_images" --out "$out/eval" --quiet
 grep "^|" "$out/eval/results.md"

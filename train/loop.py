@@ -191,6 +191,10 @@ def fit(cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = Non
     valset = build_valset(shards, cfg.degrade, cfg.run.seed, cfg.val.crop, cfg.val.variants)
     loader = make_loader(shards, "train", cfg.loader, device)
     logger = RunLogger(cfg, run_dir, start_step=state.step, device=device)
+    if state.step >= min(cfg.run.steps, stop_after or cfg.run.steps):
+        logger.message(f"nothing to do: the run is already at step {state.step} of {cfg.run.steps}")
+        logger.close()
+        return {}
     if rng is not None:
         logger.message(f"resuming: replaying {state.step} batches so the data stream continues exactly")
         for _ in range(state.step):
