@@ -149,6 +149,14 @@ def test_nan_stops_with_a_clear_message(shards, tmp_path):
         fit(cfg, shards, tmp_path / "nan")
 
 
+def test_sanity_warning_when_the_model_does_not_beat_its_input(shards, tmp_path):
+    """With a zero learning rate the (identity-initialised) model never beats the degraded input: warn loudly."""
+    with pytest.warns(UserWarning, match="not below the degraded input"):
+        fit(tiny_config("optim.lr=0", "run.sanity_steps=4", "run.steps=6"), shards, tmp_path / "stuck")
+    warnings = [json.loads(line) for line in (tmp_path / "stuck" / "metrics.jsonl").read_text().splitlines()]
+    assert any("warning" in row for row in warnings)
+
+
 def test_run_outputs(shards, tmp_path):
     """metrics.jsonl lines, resolved config, sample grids, loadable last/best checkpoints, W&B offline files."""
     wandb_mode = "log.wandb=offline" if _has_wandb() else "log.wandb=off"
@@ -157,7 +165,16 @@ def test_run_outputs(shards, tmp_path):
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in lines if "loss" in r]
     assert [r["step"] for r in train_rows] == list(range(2, 13, 2))
-    for key in ("lr", "img_per_s", "data_wait_share", "share_noise", "share_jpeg", "sigma_mean_255", "quality_mean"):
+    for key in (
+        "loss_input",
+        "lr",
+        "img_per_s",
+        "data_wait_share",
+        "share_noise",
+        "share_jpeg",
+        "sigma_mean_255",
+        "quality_mean",
+    ):
         assert key in train_rows[0]
     val_rows = [r["val"] for r in lines if "val" in r]
     assert len(val_rows) == 2 and "buckets" in val_rows[0] and result == val_rows[-1]

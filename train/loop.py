@@ -153,7 +153,8 @@ def restore(state: State, path: Path) -> dict:
 
 
 def train_step(state: State, clean: torch.Tensor, cfg: TrainConfig, lr: float, dtype: torch.dtype | None):
-    """One optimisation step; returns the loss and the degradation parameters as device tensors (no sync)."""
+    """One optimisation step; returns (loss, loss of the degraded input) and the degradation parameters, as
+    device tensors (no sync)."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     if cfg.run.channels_last:
@@ -162,6 +163,8 @@ def train_step(state: State, clean: torch.Tensor, cfg: TrainConfig, lr: float, d
     with torch.autocast(clean.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         restored = state.model(degraded)
     loss = loss_fn(restored, clean, cfg.loss)
+    with torch.no_grad():  # the same loss for doing nothing: the bar the model must clear (sanity check)
+        input_loss = loss_fn(degraded.detach(), clean, cfg.loss)
     state.optimizer.zero_grad(set_to_none=True)
     if state.scaler is not None:
         state.scaler.scale(loss).backward()
@@ -177,7 +180,7 @@ def train_step(state: State, clean: torch.Tensor, cfg: TrainConfig, lr: float, d
         state.optimizer.step()
     if state.ema is not None:
         state.ema.update_parameters(state.model)
-    return loss.detach(), params
+    return torch.stack([loss.detach(), input_loss]), params
 
 
 def fit(cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = None, stop_after: int | None = None):
@@ -230,7 +233,7 @@ def _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after) -> dic
         if state.step % cfg.run.val_every == 0 or state.step == cfg.run.steps:
             last_val = _validate_and_keep_best(state, cfg, valset, logger, run_dir)
         if state.step % cfg.run.ckpt_every == 0 or state.step == end:
-            if not bool(torch.isfinite(loss)):
+            if not bool(torch.isfinite(loss).all()):
                 raise FloatingPointError(f"loss is not finite at step {state.step}: stopping (last good: last.pt)")
             save(state, cfg, run_dir / "last.pt")
         if state.stop_signal:
