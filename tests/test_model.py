@@ -209,3 +209,24 @@ def test_count_params_and_macs_are_plausible():
     assert 1.0e6 < count_params(nafnet) < 1.3e6  # NOTES.md: ~1.14M for the default
     assert 5e9 < macs_per_megapixel(nafnet) < 50e9
     assert nafnet.training  # measuring leaves the mode as it was
+
+
+def test_slim_keeps_the_ema_weights_and_drops_the_rest(tmp_path):
+    from model.slim import slim
+
+    model, ema = create_model("resnet", width=8, num_blocks=2), create_model("resnet", width=8, num_blocks=2)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.normal_()
+    kwargs = {"width": 8, "num_blocks": 2}
+    full = {"model": model.state_dict(), "ema": ema.state_dict(), "model_name": "resnet", "model_kwargs": kwargs,
+            "optimizer": {"state": {}}, "step": 7, "config": {}}  # fmt: skip
+    torch.save(full, tmp_path / "full.pt")
+    slim(tmp_path / "full.pt", tmp_path / "slim.pt")
+    slim(tmp_path / "full.pt", tmp_path / "half.pt", fp16=True)
+    x = torch.rand(1, 3, 17, 23)
+    expected = ema.eval()(x)
+    assert torch.equal(load_model(tmp_path / "slim.pt")(x), expected)
+    half = load_model(tmp_path / "half.pt")(x)
+    assert (half - expected).abs().max() <= 1e-2 * expected.abs().max()  # fp16 weights: ~3 significant digits
+    assert "optimizer" not in torch.load(tmp_path / "slim.pt", weights_only=True)
