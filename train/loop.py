@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from evaluate.metrics import ssim
 from model import create_model, model_state, unwrap
 from pipeline.degrade import sample_and_degrade
 from pipeline.loader import make_loader
-from pipeline.valset import build_valset
+from pipeline.valset import ValSet, build_valset
 from train import checkpoint
 from train.config import LossConfig, OptimConfig, TrainConfig, to_dict
 from train.logger import RunLogger
@@ -152,7 +153,9 @@ def restore(state: State, path: Path) -> dict:
     return saved["rng"]
 
 
-def train_step(state: State, clean: torch.Tensor, cfg: TrainConfig, lr: float, dtype: torch.dtype | None):
+def train_step(
+    state: State, clean: torch.Tensor, cfg: TrainConfig, lr: float, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step; returns (loss, loss of the degraded input) and the degradation parameters, as
     device tensors (no sync)."""
     for group in state.optimizer.param_groups:
@@ -183,7 +186,9 @@ def train_step(state: State, clean: torch.Tensor, cfg: TrainConfig, lr: float, d
     return torch.stack([loss.detach(), input_loss]), params
 
 
-def fit(cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = None, stop_after: int | None = None):
+def fit(
+    cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = None, stop_after: int | None = None
+) -> dict:
     """Train for `cfg.run.steps` steps (or until `stop_after`, a signal, or NaN); returns the last validation."""
     device = pick_device(cfg.run.device)
     if device.type == "cpu":
@@ -217,7 +222,16 @@ def fit(cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = Non
         logger.close()
 
 
-def _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after) -> dict:
+def _loop(
+    state: State,
+    cfg: TrainConfig,
+    loader: Iterator[torch.Tensor],
+    valset: ValSet,
+    logger: RunLogger,
+    run_dir: Path,
+    dtype: torch.dtype | None,
+    stop_after: int | None,
+) -> dict:
     last_val: dict = {}
     end = min(cfg.run.steps, stop_after or cfg.run.steps)
     while state.step < end:
@@ -243,7 +257,7 @@ def _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after) -> dic
     return last_val
 
 
-def _validate_and_keep_best(state: State, cfg: TrainConfig, valset, logger: RunLogger, run_dir: Path) -> dict:
+def _validate_and_keep_best(state: State, cfg: TrainConfig, valset: ValSet, logger: RunLogger, run_dir: Path) -> dict:
     model = state.ema.module if state.ema is not None else state.model
     result = validate(model, valset, cfg.val, next(model.parameters()).device, run_dir / "samples", state.step)
     if result["psnr_model"] > state.best_psnr:
