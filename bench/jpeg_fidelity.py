@@ -17,18 +17,18 @@ import numpy as np
 import PIL
 import torch
 
-from pipeline.io import load_rgb8, pil_jpeg, to_rgb8_array, to_tensor
+from evaluate.metrics import psnr
+from pipeline.io import IMAGE_SUFFIXES, load_rgb8, pil_jpeg, to_rgb8_array, to_tensor
 from pipeline.jpeg import SUBSAMPLING, jpeg
 from pipeline.reference import jpeg_shifted
 
 QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 PSNR_CAP_DB = 100.0
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * np.log10(255.0**2 / mse))
+    """PSNR of two uint8 images through the project's one metric, capped (identical images -> the cap)."""
+    return min(PSNR_CAP_DB, float(psnr(to_tensor(a)[None], to_tensor(b)[None])[0]))
 
 
 def _device_jpeg(rgb8: np.ndarray, quality: int, subsampling: str, device: torch.device) -> np.ndarray:

@@ -16,9 +16,7 @@ from evaluate.baselines import BASELINES
 from evaluate.harness import evaluate, resolve_device
 from evaluate.protocols import PROTOCOLS, parse_qualities, parse_sigmas
 from evaluate.report import write_outputs
-from pipeline.io import load_rgb8
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from pipeline.io import IMAGE_SUFFIXES, load_rgb8
 
 
 def build_parser() -> argparse.ArgumentParser:

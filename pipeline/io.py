@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")  # compared lower-cased
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger images are refused as possible decompression bombs
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}

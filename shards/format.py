@@ -15,13 +15,15 @@ import json
 import tarfile
 from pathlib import Path
 
+from pipeline.io import IMAGE_SUFFIXES
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 IMAGE_EXTS = ("jpg", "png")  # tar member extensions a sample's image may have
 DALI_EXT = "jpg;png"  # the same, in the syntax of DALI's fn.readers.webdataset `ext`
 META_EXT = "json"
 MANIFEST = "manifest.json"
-SOURCE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")  # inputs, case-insensitive
+SOURCE_SUFFIXES = IMAGE_SUFFIXES  # inputs packing reads, case-insensitive
 STORE_RULE = "keep-plain-jpeg-else-png"  # manifest["image_format"]["rule"]: see `shards.encode`
 DALI_INDEX_VERSION = "v1.2"  # first token of a `wds2idx` index file
 
