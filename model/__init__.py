@@ -155,6 +155,21 @@ def load_strict(model: nn.Module, state: dict[str, Any], what: str) -> None:
         )
 
 
+def warm_start(model: nn.Module, path: str | os.PathLike, new_prefixes: tuple[str, ...] = ("film.",)) -> list[str]:
+    """Start `model` from the weights in `path` (EMA preferred), e.g. a conditioned model from a blind one: keys
+    under `new_prefixes` may be missing from the file (they keep their initialisation, which leaves the loaded
+    model's function unchanged); any other mismatch fails. Returns the keys that kept their initialisation."""
+    state, _, _ = select_state(torch.load(path, map_location="cpu", weights_only=True), use_ema=True)
+    try:
+        result = model.load_state_dict(strip_prefixes(state), strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"weights in {path} do not fit the model: {err}") from err
+    wrong = [k for k in result.missing_keys if not k.startswith(new_prefixes)] + list(result.unexpected_keys)
+    if wrong:
+        raise ValueError(f"weights in {path} do not match the model: e.g. {wrong[:3]}")
+    return list(result.missing_keys)
+
+
 __all__ = [
     "MODELS",
     "NAFNet",
@@ -165,4 +180,5 @@ __all__ = [
     "macs_per_megapixel",
     "model_state",
     "unwrap",
+    "warm_start",
 ]

@@ -29,6 +29,8 @@ class DegradeConfig:
     p_neither: float = 0.1
     subsampling: dict[str, float] = field(default_factory=lambda: {"4:2:0": 0.7, "4:2:2": 0.1, "4:4:4": 0.2})
     p_double_jpeg: float = 0.2  # of JPEG samples: compress again at a quality drawn anew, block grid shifted
+    p_unclipped: float = 0.0  # of noise-only samples: keep the float noise unclipped and unquantised (the AWGN
+    # of denoising benchmarks, evaluate's anchor protocol); a real file is always clipped and quantised
     curriculum: bool = True  # ranges grow from light to heavy over `curriculum_fraction` of training
     curriculum_fraction: float = 0.3
     curriculum_start: float = 0.2  # fraction of the full range at progress 0

@@ -4,8 +4,10 @@ Contract (STYLE.md section 3): `degraded = degrade(clean, params)` with
 - `clean`: (N, 3, H, W) float32 RGB in [0, 1] on any device; it is never modified;
 - `params` from `sample_params` (or built by hand), all (N,) tensors on the same device:
   `sigma_255` float (0 = no noise), `quality` int (0 = no JPEG), `subsampling` int (`jpeg.SUBSAMPLING` codes),
-  `quality2` int (0 = no second JPEG), `shift_y`, `shift_x` int 0..7 (grid offset of the second JPEG);
-- `degraded`: (N, 3, H, W) float32 in [0, 1]; differentiable w.r.t. `clean` (straight-through rounding).
+  `quality2` int (0 = no second JPEG), `shift_y`, `shift_x` int 0..7 (grid offset of the second JPEG), and
+  optionally `unclipped` bool (noise-only samples left as float AWGN, neither clipped nor quantised);
+- `degraded`: (N, 3, H, W) float32 in [0, 1] (outside it only where `unclipped`); differentiable w.r.t. `clean`
+  (straight-through rounding).
 A sample with sigma 0 and no JPEG is returned exactly as given.
 """
 
@@ -60,8 +62,9 @@ def check_config(cfg: DegradeConfig) -> None:
     unknown = set(cfg.subsampling) - set(SUBSAMPLING)
     if unknown or not cfg.subsampling or min(cfg.subsampling.values()) < 0 or sum(cfg.subsampling.values()) <= 0:
         raise ValueError(f"subsampling weights must be >= 0 over {sorted(SUBSAMPLING)}, got {cfg.subsampling}")
-    if not 0 <= cfg.p_double_jpeg <= 1:
-        raise ValueError(f"p_double_jpeg must be in [0, 1], got {cfg.p_double_jpeg}")
+    for name in ("p_double_jpeg", "p_unclipped"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
 
 
 def sample_params(
@@ -87,6 +90,7 @@ def sample_params(
     subsampling = codes[torch.multinomial(weights, n, replacement=True, generator=generator)]
     double = torch.rand(n, generator=generator, device=device) < cfg.p_double_jpeg
     quality2 = integers(ranges.quality_min, ranges.quality_max) * (double & has_jpeg)
+    unclipped = (torch.rand(n, generator=generator, device=device) < cfg.p_unclipped) & has_noise & ~has_jpeg
     return {
         "sigma_255": sigma,
         "quality": quality,
@@ -94,6 +98,7 @@ def sample_params(
         "quality2": quality2,
         "shift_y": integers(0, 7),
         "shift_x": integers(0, 7),
+        "unclipped": unclipped,
     }
 
 
@@ -117,7 +122,8 @@ def degrade(
     """Noise, clip, 8-bit quantisation, JPEG, optional shifted second JPEG; per-sample, batched, no sample loop."""
     sigma = params["sigma_255"].to(clean.dtype)[:, None, None, None]
     noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-    noisy = (clean + noise * (sigma / 255.0)).clamp(0, 1)
+    awgn = clean + noise * (sigma / 255.0)
+    noisy = awgn.clamp(0, 1)
     quantised = noisy + ((noisy * 255).round() / 255 - noisy).detach()
     # one host-device sync: how many samples get a first and a second JPEG
     has_jpeg, has_second = params["quality"] > 0, params["quality2"] > 0
@@ -133,6 +139,8 @@ def degrade(
             params["shift_x"][index],
         )  # fmt: skip
         out = out.index_copy(0, index, shifted)
+    if "unclipped" in params:
+        out = torch.where(params["unclipped"][:, None, None, None], awgn, out)
     untouched = ((params["sigma_255"] == 0) & (params["quality"] == 0))[:, None, None, None]
     return torch.where(untouched, clean, out)
 

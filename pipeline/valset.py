@@ -72,7 +72,8 @@ def build_valset(
         raise ValueError(f"{shards_dir} has an empty val split: repack with a larger --val-fraction")
     size = min(crop, *(min(a.shape[:2]) for a in images))
     generator = torch.Generator().manual_seed(seed)
-    params = sample_params(len(images) * variants, replace(cfg, curriculum=False), generator, torch.device("cpu"))
+    full_range = replace(cfg, curriculum=False, p_unclipped=0.0)  # validation images are real files: clipped
+    params = sample_params(len(images) * variants, full_range, generator, torch.device("cpu"))
     clean, degraded = [], []
     for index in range(len(images) * variants):
         rgb8 = center_crop(images[index // variants], size)

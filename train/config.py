@@ -18,6 +18,8 @@ from pipeline.config import DegradeConfig, LoaderConfig
 class ModelConfig:
     name: str = "nafnet"
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to model.create_model
+    p_withheld: float = 0.5  # conditioned models: chance each condition (sigma, quality) is hidden in training
+    init: str = ""  # start from these weights (a checkpoint; a conditioned model may start from a blind one)
 
 
 @dataclass
@@ -148,6 +150,8 @@ def check(cfg: TrainConfig) -> TrainConfig:
     for key in ("steps", "log_every", "val_every", "ckpt_every"):
         if getattr(cfg.run, key) < 1:
             raise ValueError(f"run.{key} must be >= 1, got {getattr(cfg.run, key)}")
+    if not 0 <= cfg.model.p_withheld <= 1:
+        raise ValueError(f"model.p_withheld must be in [0, 1], got {cfg.model.p_withheld}")
     choices = {"loss.kind": (cfg.loss.kind, ("l1", "charbonnier", "psnr")),
                "run.amp": (cfg.run.amp, ("auto", "off", "bf16", "fp16")),
                "log.wandb": (cfg.log.wandb, ("offline", "online", "off"))}  # fmt: skip

@@ -65,7 +65,8 @@ class RunLogger:
 
     def validation(self, step: int, result: dict) -> None:
         self._write({"step": step, "val": result})
-        self.bar.write(f"step {step}: val PSNR {result['psnr_model']:.2f} dB (input {result['psnr_input']:.2f}), "
+        told = f", told sigma/quality {result['psnr_conditioned']:.2f}" if "psnr_conditioned" in result else ""
+        self.bar.write(f"step {step}: val PSNR {result['psnr_model']:.2f} dB (input {result['psnr_input']:.2f}{told}), "
                        f"SSIM {result['ssim_model']:.4f} (input {result['ssim_input']:.4f})")  # fmt: skip
         if self.wandb is not None:
             import wandb

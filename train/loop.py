@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from evaluate.metrics import ssim
-from model import create_model, model_state, unwrap
+from model import create_model, model_state, unwrap, warm_start
+from model.condition import condition_from_params
 from pipeline.degrade import sample_and_degrade
 from pipeline.loader import make_loader
 from pipeline.valset import ValSet, build_valset
@@ -92,7 +93,10 @@ class State:
 
 def build_state(cfg: TrainConfig, device: torch.device) -> State:
     torch.manual_seed(cfg.run.seed)
-    model = create_model(cfg.model.name, **cfg.model.kwargs).to(device)
+    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    if cfg.model.init:
+        warm_start(model, cfg.model.init)
+    model = model.to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
@@ -163,8 +167,11 @@ def train_step(
     if cfg.run.channels_last:
         clean = clean.contiguous(memory_format=torch.channels_last)
     degraded, params = sample_and_degrade(clean, cfg.degrade, state.generator, state.step / cfg.run.steps)
+    inputs = [degraded]
+    if getattr(unwrap(state.model), "film", None) is not None:
+        inputs.append(condition_from_params(params, state.generator, cfg.model.p_withheld))
     with torch.autocast(clean.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        restored = state.model(degraded)
+        restored = state.model(*inputs)
     loss = loss_fn(restored, clean, cfg.loss)
     with torch.no_grad():  # the same loss for doing nothing: the bar the model must clear (sanity check)
         input_loss = loss_fn(degraded.detach(), clean, cfg.loss)

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from evaluate.metrics import psnr, ssim
+from model import unwrap
+from model.condition import condition_from_params
 from pipeline.io import to_rgb8_array
 from pipeline.valset import ValSet
 from train.config import ValConfig
@@ -32,13 +34,20 @@ def validate(
     model: torch.nn.Module, valset: ValSet, cfg: ValConfig, device: torch.device, samples_dir: Path, step: int
 ) -> dict:
     """Mean PSNR/SSIM of the input and of the model per (sigma bin, quality bin), and overall on the samples that
-    were degraded (the untouched ones, sigma 0 and no JPEG, are reported in their own bucket); writes a grid PNG."""
+    were degraded (the untouched ones, sigma 0 and no JPEG, are reported in their own bucket); writes a grid PNG.
+    A conditioned model is also run told the true sigma and quality (`psnr_conditioned`): what the condition adds."""
     was_training = model.training
     model.eval()
     rows: dict[str, list[torch.Tensor]] = {"psnr_input": [], "psnr_model": [], "ssim_input": [], "ssim_model": []}
     grid: list[np.ndarray] = []
-    for clean, degraded, _params in valset.batches(cfg.batch_size, device):
+    conditioned = getattr(unwrap(model), "film", None) is not None
+    if conditioned:
+        rows["psnr_conditioned"] = []
+    for clean, degraded, params in valset.batches(cfg.batch_size, device):
         restored = model(degraded).float().clamp(0, 1)
+        if conditioned:
+            condition = condition_from_params({k: v.to(device) for k, v in params.items()}, None, p_withheld=0.0)
+            rows["psnr_conditioned"].append(psnr(model(degraded, condition).float().clamp(0, 1), clean).cpu())
         rows["psnr_input"].append(psnr(degraded, clean).cpu())
         rows["psnr_model"].append(psnr(restored, clean).cpu())
         rows["ssim_input"].append(ssim(degraded, clean).cpu())
@@ -47,10 +56,8 @@ def validate(
             grid.append(np.concatenate([to_rgb8_array(t[i]) for t in (degraded, restored, clean)], axis=1))
     model.train(was_training)
     values = {k: torch.cat(v) for k, v in rows.items()}
-    values["psnr_input"], values["psnr_model"] = (
-        values["psnr_input"].clamp(max=PSNR_CAP_DB),
-        values["psnr_model"].clamp(max=PSNR_CAP_DB),
-    )
+    for key in [k for k in values if k.startswith("psnr")]:
+        values[key] = values[key].clamp(max=PSNR_CAP_DB)
     untouched = (valset.params["sigma_255"] == 0) & (valset.params["quality"] == 0)  # reported in their own bucket
     overall = ~untouched if bool((~untouched).any()) else torch.ones_like(untouched)
     result = {k: round(float(v[overall].mean()), 4) for k, v in values.items()}
