@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Create or update ./.venv with everything the project's commands and tests use.
-#   ML_RESTORATION_EXTRAS   pip extras (default: dev,wandb,bench, plus dali on Linux; bench brings bm3d, whose
-#                           licence is non-commercial)
+#   ML_RESTORATION_EXTRAS   pip extras (default: dev,wandb,bench,export,demo, plus dali on Linux; bench brings
+#                           bm3d, whose licence is non-commercial)
 #   ML_RESTORATION_PILLOW_SIMD=0  keep stock Pillow instead of building pillow-simd
 # torch is pinned to 2.13.0: on this project's machines that is a CPU build on local disk; on a CUDA box install
 # your CUDA build of torch into .venv first and this script keeps it (a satisfied requirement installs nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-default_extras="dev,wandb,bench"
+default_extras="dev,wandb,bench,export,demo"
 [ "$(uname -s)" = "Linux" ] && default_extras="$default_extras,dali"  # DALI ships Linux wheels only
 extras="${ML_RESTORATION_EXTRAS:-$default_extras}"
 [ -x .venv/bin/python ] || python3 -m venv .venv
