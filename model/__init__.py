@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
@@ -21,6 +22,9 @@ from model.nafnet import NAFNet
 from model.resnet import ResNet
 
 MODELS: dict[str, type[nn.Module]] = {"nafnet": NAFNet, "resnet": ResNet}
+
+# The model the repository ships: what `infer`, `demo` and the exports use when no model is named.
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "nafnet16-cbsd432.pt"
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel / AveragedModel, torch.compile
 
@@ -173,6 +177,7 @@ def warm_start(model: nn.Module, path: str | os.PathLike, new_prefixes: tuple[st
 __all__ = [
     "MODELS",
     "NAFNet",
+    "SHIPPED_MODEL",
     "ResNet",
     "count_params",
     "create_model",
