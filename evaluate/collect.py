@@ -1,7 +1,8 @@
 """Accumulates what the reports need while the harness runs, without keeping every image in memory.
 
 Kept: every per-image row; a few comparison crops per cell; the `worst` images by PSNR gain (a crop centred on their
-worst tile); the `worst` tiles over the whole run; the mean tile gain per cell and content class. Gains are model
+worst tile); the `worst` tiles of each content class (flat / edge / texture) over the whole run; the mean tile gain
+per cell and content class. Gains are model
 PSNR minus input PSNR; non-finite gains (identical tiles give inf - inf) are left out of the rankings.
 """
 
@@ -28,7 +29,7 @@ class Collector:
     per_image: list[dict] = field(default_factory=list)
     comparisons: list[tuple[dict, torch.Tensor]] = field(default_factory=list)
     _worst_images: list = field(default_factory=list)  # max-heap on gain via (-gain, tiebreak, record, crop)
-    _worst_tiles: list = field(default_factory=list)
+    _worst_tiles: dict[str, list] = field(default_factory=lambda: {label: [] for label in TILE_CLASSES})
     _class_gains: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     _tiebreak: itertools.count = field(default_factory=itertools.count)
 
@@ -55,7 +56,8 @@ class Collector:
             box = crop_box(height, width, *center, self.crop_size)
             self._offer(self._worst_images, row["psnr_gain"], lambda: (dict(row), self._crop(data, box)))
         for gain, i in finite:
-            self._offer(self._worst_tiles, gain, lambda i=i, gain=gain: self._tile_record(cell, row, data, i, gain))
+            heap = self._worst_tiles[tiles["classes"][i]]
+            self._offer(heap, gain, lambda i=i, gain=gain: self._tile_record(cell, row, data, i, gain))
 
     @staticmethod
     def _crop(data: dict, box: tuple[int, int, int]) -> torch.Tensor:
@@ -87,16 +89,16 @@ class Collector:
         return ranked
 
     def finish(self, cells: list[dict]) -> dict:
-        """Report fields: per_image, tile_classes, worst_images, worst_tiles, least_gain_cells, samples (crops)."""
+        """Report fields: per_image, tile_classes, worst_images, worst_tiles (by class), least_gain_cells, samples."""
         worst_images = self._ranked(self._worst_images, "worst_image")
-        worst_tiles = self._ranked(self._worst_tiles, "worst_tile")
+        worst_tiles = [e for label, heap in self._worst_tiles.items() for e in self._ranked(heap, f"worst_{label}")]
         order = {Cell(c["sigma"], c["quality"]).name: i for i, c in enumerate(cells)}
         tile_stats = []
         keyed = sorted(self._class_gains.items(), key=lambda kv: (order[kv[0][0]], TILE_CLASSES.index(kv[0][1])))
         for (cell_name, label), gains in keyed:
             mean_gain = sum(gains) / len(gains)
             tile_stats.append({"cell": cell_name, "content": label, "tiles": len(gains), "psnr_gain": mean_gain})
-        least = sorted(cells, key=lambda c: c["psnr_gain"])[: min(3, len(cells))]
+        least = sorted((c for c in cells if math.isfinite(c["psnr_gain"])), key=lambda c: c["psnr_gain"])[:3]
         return {
             "per_image": self.per_image,
             "tile_classes": tile_stats,

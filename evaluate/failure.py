@@ -70,7 +70,7 @@ def _worst_images(result: dict) -> list[str]:
 
 def _worst_tiles(result: dict) -> list[str]:
     lines = [
-        "## Worst tiles by PSNR gain",
+        "## Worst tiles by PSNR gain, per content class",
         "",
         "| rank | cell | image | top, left | size | content | PSNR input | PSNR model | gain | crop |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -1,0 +1,170 @@
+"""The release results: `python -m evaluate.release [--model PATH]` runs every published protocol on CBSD68 and
+Kodak24 and writes what the README shows, so no figure there is typed by hand.
+
+Runs (each also written in full, with plots and failure report, under `--out`):
+- anchor protocol (noise only, unclipped, `np.random.seed(0)`), sigma 15 / 25 / 50, next to the published figures;
+- real protocol (noise, 8 bits, libjpeg 4:2:0), sigma {0, 5, 15, 25, 50} x quality {10, 30, 50, 90, none};
+- CBM3D told the true sigma (`bm3d` package) on the first `--bm3d-limit` images, noise-bearing cells; it does not
+  depend on the model, so its run is reused from `--out` when the same images and cells were measured before.
+Writes `docs/results/results.json` (the figures, the bars, per-image check rows that `tests/test_release.py`
+re-measures), `docs/results/*.png` (Kodak24 crops; BSDS500 images are research-only, so none of them is copied), and
+the block between the results markers in README.md and weights/README.md (`evaluate.release_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from evaluate.cli import list_images, load_model_arg
+from evaluate.harness import evaluate
+from evaluate.protocols import Cell
+from evaluate.release_report import render, replace_block
+from evaluate.report import _jsonable, write_outputs
+from evaluate.strength import strength_figure
+from model import SHIPPED_MODEL, count_params, macs_per_megapixel
+from pipeline.io import load_rgb8
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = ("CBSD68", "Kodak24")
+ANCHOR_SIGMAS = (15.0, 25.0, 50.0)
+GRID_SIGMAS = (0.0, 5.0, 15.0, 25.0, 50.0)
+GRID_QUALITIES = (10, 30, 50, 90, None)
+CHECK_IMAGES = 2  # the first images of each set whose per-image figures the test re-measures
+CHECK_CELLS = {"anchor": ((25.0, None),), "real": ((0.0, None), (15.0, 30), (50.0, 10))}
+STRENGTH_CELL, STRENGTH_TOLD = Cell(25.0, 50), [5.0, 15.0, 25.0, 40.0]  # the strength figure (Kodak24's first image)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_set(data_root: Path, name: str, limit: int | None = None) -> tuple[list, list[str]]:
+    paths = list_images(data_root / name, limit)
+    return [load_rgb8(p).copy() for p in paths], [p.stem for p in paths]
+
+
+def run(model, images, names, protocol, sigmas, qualities, out: Path, baseline=None) -> dict:
+    """One `evaluate` run, written in full under `out`; returns the result without its crops."""
+    result = evaluate(model, images, sigmas, qualities, protocol, "auto", names=names, baseline=baseline)
+    write_outputs(result, out)
+    return {k: v for k, v in result.items() if k != "samples"}
+
+
+def bm3d_run(data_root: Path, name: str, limit: int, out: Path) -> dict:
+    """CBM3D on the first `limit` images, noise-bearing cells; reused from `out` when it already holds that run."""
+    cached = out / "results.json"
+    images, names = load_set(data_root, name, limit)
+    sigmas = [s for s in GRID_SIGMAS if s > 0]
+    if cached.exists():
+        result = json.loads(cached.read_text())
+        cells = [(c["sigma"], c["quality"]) for c in result["cells"]]
+        if result.get("names") == names and cells == [(s, q) for s in sigmas for q in GRID_QUALITIES]:
+            return result
+    result = run(None, images, names, "real", sigmas, GRID_QUALITIES, out, baseline="bm3d")
+    result["names"] = names
+    cached.write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    return result
+
+
+def bm3d_summary(bm3d: dict, real: dict) -> dict:
+    """BM3D and the model on the same images and cells (the model's figures from its full real run)."""
+    names = set(bm3d["names"])
+    cells = []
+    for cell in bm3d["cells"]:
+        rows = [r for r in real["per_image"] if r["name"] in names and (r["sigma"], r["quality"]) == (cell["sigma"],
+                cell["quality"])]  # fmt: skip
+        model = sum(r["psnr_model"] for r in rows) / len(rows)
+        cells.append({"sigma": cell["sigma"], "quality": cell["quality"], "psnr_input": cell["psnr_input"],
+                      "psnr_bm3d": cell["psnr_bm3d"], "psnr_model": model})  # fmt: skip
+    return {"images": bm3d["names"], "cells": cells}
+
+
+def check_rows(name: str, protocol: str, result: dict) -> list[dict]:
+    wanted = set(CHECK_CELLS[protocol])
+    return [
+        {"set": name, "protocol": protocol, "sigma": r["sigma"], "quality": r["quality"], "index": r["index"],
+         "name": r["name"], "psnr_model": r["psnr_model"]}
+        for r in result["per_image"] if r["index"] < CHECK_IMAGES and (r["sigma"], r["quality"]) in wanted
+    ]  # fmt: skip
+
+
+def copy_crops(real_out: Path, docs: Path) -> list[dict]:
+    """The worst Kodak24 tile of each content class and the worst image: copied next to results.json."""
+    result = json.loads((real_out / "results.json").read_text())
+    picks, seen = [], set()
+    for record in result["worst_tiles"]:
+        if record["rank"] == 1 and record["content"] not in seen:
+            seen.add(record["content"])
+            picks.append({**record, "what": f"worst {record['content']} tile"})
+    picks.append({**result["worst_images"][0], "what": "worst image (crop at its worst tile)"})
+    (docs / "crops").mkdir(parents=True, exist_ok=True)
+    for pick in picks:
+        target = f"crops/kodak24_{Path(pick['file']).name}"
+        shutil.copyfile(real_out / pick["file"], docs / target)
+        pick["file"] = target
+    return picks
+
+
+def summarise(model_path: Path, model, runs: dict, bm3d: dict, crops: list[dict], command: str) -> dict:
+    summary = {
+        "model": str(model_path.resolve().relative_to(ROOT))
+        if model_path.resolve().is_relative_to(ROOT)
+        else str(model_path),
+        "model_sha256": sha256(model_path),
+        "parameters": count_params(model),
+        "macs_per_megapixel": macs_per_megapixel(model),
+        "command": command,
+        "anchor": {n: runs[n, "anchor"]["cells"] for n in SETS},
+        "real": {n: runs[n, "real"]["cells"] for n in SETS},
+        "bm3d": {n: bm3d_summary(bm3d[n], runs[n, "real"]) for n in SETS if n in bm3d},
+        "failure": {
+            n: {
+                "least_gain_cells": runs[n, "real"]["least_gain_cells"],
+                "tile_classes": runs[n, "real"]["tile_classes"],
+            }
+            for n in SETS
+        },  # fmt: skip
+        "crops": crops,
+        "check": [row for (n, p), r in runs.items() for row in check_rows(n, p, r)],
+        "versions": runs[SETS[0], "real"].get("versions", {}),
+    }
+    return _jsonable(summary)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="checkpoint (default: the shipped model)")
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data" / "test")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "release", help="full evaluation outputs")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "results", help="results.json and crops")
+    parser.add_argument("--bm3d-limit", type=int, default=3, help="images per set for CBM3D (0 = skip)")
+    parser.add_argument("--readme", type=Path, nargs="*", default=[ROOT / "README.md", ROOT / "weights" / "README.md"])
+    args = parser.parse_args(argv)
+    model = load_model_arg(str(args.model))
+    runs, bm3d = {}, {}
+    for name in SETS:
+        images, names = load_set(args.data_root, name)
+        runs[name, "anchor"] = run(model, images, names, "anchor", ANCHOR_SIGMAS, (None,), args.out / f"{name}_anchor")
+        runs[name, "real"] = run(model, images, names, "real", GRID_SIGMAS, GRID_QUALITIES, args.out / f"{name}_real")
+        if args.bm3d_limit:
+            bm3d[name] = bm3d_run(args.data_root, name, args.bm3d_limit, args.out / f"bm3d_{name}")
+    args.docs.mkdir(parents=True, exist_ok=True)
+    crops = copy_crops(args.out / "Kodak24_real", args.docs)
+    if getattr(model, "film", None) is not None:
+        images, names = load_set(args.data_root, "Kodak24", 1)
+        rows = strength_figure(model, images[0], STRENGTH_CELL, STRENGTH_TOLD, args.docs / "strength.png")
+        crops.append({"strength": rows, "file": "strength.png", "name": names[0], "cell": STRENGTH_CELL.name})
+    command = f"python -m evaluate.release --model {args.model} --bm3d-limit {args.bm3d_limit}"
+    summary = summarise(args.model, model, runs, bm3d, crops, command)
+    (args.docs / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    for readme in args.readme:
+        replace_block(readme, render(summary, readme.parent, args.docs))
+    print(f"wrote {args.docs}/results.json and the results blocks of {', '.join(map(str, args.readme))}")
+
+
+if __name__ == "__main__":
+    main()
