@@ -1,7 +1,8 @@
 """Atomic checkpoints with everything an exact resume needs, loaded back with `weights_only=True`.
 
 One dict per file: `model`, `model_name`, `model_kwargs`, `ema`, `ema_n_averaged`, `optimizer`, `scaler`, `step`,
-`config`, `rng` (torch CPU/CUDA states, the degradation generator, numpy and Python `random`), `best_psnr`. The
+`config`, `rng` (torch CPU/CUDA states, the degradation generator, numpy and Python `random`), `best_psnr`,
+`world_size` and `rng_per_rank` (every rank's `rng`, gathered to rank 0, which alone writes the file). The
 learning rate is a pure function of the step (`train.loop.lr_at`), so there is no scheduler state to keep.
 Model weights are saved unwrapped (no `module.` or `_orig_mod.` prefixes), so `model.load_model` reads them.
 """
@@ -11,10 +12,81 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from model import model_state, unwrap
+from train.config import TrainConfig, to_dict
+from train.distributed import gather_to_main
+
+if TYPE_CHECKING:
+    from train.loop import State
+
+
+def save(state: State, cfg: TrainConfig, path: Path) -> None:
+    """Checkpoint `state` atomically. Every rank calls it (their RNG states are gathered) and rank 0 writes.
+    Refuses (raises, on every rank: DDP keeps the weights equal) when a weight is NaN/inf, so a good file is never
+    replaced."""
+    finite = torch.stack([p.detach().isfinite().all() for p in state.model.parameters()]).all()
+    if not bool(finite):
+        raise FloatingPointError(f"weights are not finite at step {state.step}: not overwriting {path.name}")
+    rngs = gather_to_main(rng_state(state.generator), state.env)
+    if not state.env.is_main:
+        return
+    atomic_save(
+        {
+            "model": model_state(state.model),
+            "model_name": cfg.model.name,
+            "model_kwargs": dict(cfg.model.kwargs),
+            "ema": model_state(state.ema.module) if state.ema is not None else None,
+            "ema_n_averaged": int(state.ema.n_averaged) if state.ema is not None else 0,
+            "optimizer": state.optimizer.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+            "step": state.step,
+            "best_psnr": state.best_psnr,
+            "config": to_dict(cfg),
+            "device_type": state.generator.device.type,
+            "world_size": state.env.world_size,
+            "rng": rngs[0],
+            "rng_per_rank": rngs,
+        },
+        path,
+    )
+
+
+def restore(state: State, path: Path) -> dict:
+    """Load weights, optimizer and counters from `path`; returns this rank's saved RNG states (set them after the
+    data replay). Refuses a checkpoint of another device type or another number of ranks."""
+    saved = load(path)
+    check_world_size(saved, state.env.world_size, path)
+    if saved["device_type"] != state.generator.device.type:
+        raise ValueError(
+            f"{path} was written on {saved['device_type']}; resume it on a {saved['device_type']} device "
+            f"(RNG states do not carry over), or start a new run from its weights"
+        )
+    unwrap(state.model).load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    if state.ema is not None and saved["ema"] is not None:
+        state.ema.module.load_state_dict(saved["ema"])
+        state.ema.n_averaged.fill_(saved["ema_n_averaged"])
+    if state.scaler is not None and saved["scaler"] is not None:
+        state.scaler.load_state_dict(saved["scaler"])
+    state.step, state.best_psnr = saved["step"], saved["best_psnr"]
+    return saved.get("rng_per_rank", [saved["rng"]])[state.env.rank]
+
+
+def check_world_size(saved: dict[str, Any], world_size: int, path: str | Path) -> None:
+    """A run continues exactly only with as many ranks as wrote the checkpoint (per-rank data and RNG streams)."""
+    written_by = saved.get("world_size", 1)  # checkpoints from before DDP: one process
+    if written_by != world_size:
+        raise ValueError(
+            f"{path} was written by a run of {written_by} process(es) (world size {written_by}) and this run has "
+            f"{world_size}: per-rank data order and random states only continue with the same world size. Resume "
+            f"with {written_by} in all (torchrun --nnodes x --nproc_per_node), or start a new run from its weights: "
+            f"--set model.init={path}"
+        )
 
 
 def atomic_save(obj: dict[str, Any], path: str | Path) -> None:

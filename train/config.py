@@ -24,7 +24,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # peak learning rate (AdamW)
+    lr: float = 1e-3  # peak learning rate (AdamW) of one process
+    lr_scaling: str = "none"  # with N DDP ranks (batch x N per step) the peak is lr x: none 1 | sqrt sqrt(N) | linear N
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
@@ -153,6 +154,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if not 0 <= cfg.model.p_withheld <= 1:
         raise ValueError(f"model.p_withheld must be in [0, 1], got {cfg.model.p_withheld}")
     choices = {"loss.kind": (cfg.loss.kind, ("l1", "charbonnier", "psnr")),
+               "optim.lr_scaling": (cfg.optim.lr_scaling, ("none", "sqrt", "linear")),
                "run.amp": (cfg.run.amp, ("auto", "off", "bf16", "fp16")),
                "log.wandb": (cfg.log.wandb, ("offline", "online", "off"))}  # fmt: skip
     for key, (value, allowed) in choices.items():

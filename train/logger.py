@@ -2,6 +2,9 @@
 
 Per step only device tensors are kept (no sync); `flush` at log steps does the `.item()` calls, computes img/s,
 the data-wait share (time blocked on the loader / wall time of the window) and degradation statistics.
+With several DDP ranks every rank keeps its losses and calls `flush` (the loss is averaged over ranks there, so all
+see the same finite/not-finite verdict); only rank 0 writes anything. img/s counts the images of all ranks; the
+degradation statistics and the data-wait share are rank 0's.
 """
 
 from __future__ import annotations
@@ -18,19 +21,28 @@ import torch
 from tqdm import tqdm
 
 from train.config import TrainConfig, save_config, to_dict
+from train.distributed import DistEnv, mean_over_ranks
 
 
 class RunLogger:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, start_step: int, device: torch.device):
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, start_step: int, device: torch.device, env: DistEnv | None = None
+    ):
+        self.env = env or DistEnv()
+        self.cfg, self.main = cfg, self.env.is_main
+        if not self.main:
+            self._reset()
+            return
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        self.cfg, self.run_dir = cfg, run_dir
+        self.run_dir = run_dir
         _keep_rows_up_to(run_dir / "metrics.jsonl", start_step)  # a resumed run rewrites what came after its checkpoint
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         self.bar = tqdm(total=cfg.run.steps, initial=start_step, desc="train", dynamic_ncols=True, file=sys.stderr)
         self.warned: set[str] = set()
         self.wandb = _start_wandb(cfg, run_dir)
-        self.message(f"device {device}, {torch.get_num_threads()} torch threads, start at step {start_step}")
+        ranks = f", {self.env.world_size} ranks (DDP)" if self.env.world_size > 1 else ""
+        self.message(f"device {device}{ranks}, {torch.get_num_threads()} torch threads, start at step {start_step}")
         self._reset()
 
     def _reset(self) -> None:
@@ -43,15 +55,20 @@ class RunLogger:
         self.params.append(params)
         self.images += images
         self.waited += waited
-        self.bar.update(1)
+        if self.main:
+            self.bar.update(1)
 
     def flush(self, step: int, lr: float) -> bool:
-        """Write the window's line; returns False when the loss is not finite."""
+        """Write the window's line; returns False when the loss is not finite. Every rank calls it (a collective)."""
         if not self.losses:
             return True
-        loss, input_loss = torch.stack(self.losses).float().mean(0).tolist()
+        loss, input_loss = mean_over_ranks(torch.stack(self.losses).float().mean(0), self.env).tolist()
+        if not self.main:
+            self._reset()
+            return math.isfinite(loss)
         seconds = time.perf_counter() - self.window_start
-        row = {"step": step, "loss": loss, "loss_input": input_loss, "lr": lr, "img_per_s": self.images / seconds,
+        images = self.images * self.env.world_size  # every rank draws the same batch size
+        row = {"step": step, "loss": loss, "loss_input": input_loss, "lr": lr, "img_per_s": images / seconds,
                "data_wait_share": self.waited / seconds} | _degradation_stats(self.params)  # fmt: skip
         self._write(row)
         self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{row['img_per_s']:.1f}", wait=f"{row['data_wait_share']:.0%}")
@@ -64,6 +81,8 @@ class RunLogger:
         return math.isfinite(loss)
 
     def validation(self, step: int, result: dict) -> None:
+        if not self.main:
+            return
         self._write({"step": step, "val": result})
         told = f", told sigma/quality {result['psnr_conditioned']:.2f}" if "psnr_conditioned" in result else ""
         self.bar.write(f"step {step}: val PSNR {result['psnr_model']:.2f} dB (input {result['psnr_input']:.2f}{told}), "
@@ -80,10 +99,14 @@ class RunLogger:
                               f"{result['psnr_input']:.2f} dB after {step} steps")  # fmt: skip
 
     def message(self, text: str) -> None:
+        if not self.main:
+            return
         self.bar.write(text)
         self._write({"message": text})
 
     def close(self) -> None:
+        if not self.main:
+            return
         self.bar.close()
         self.file.close()
         if self.wandb is not None:

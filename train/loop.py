@@ -19,15 +19,19 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from evaluate.metrics import ssim
-from model import create_model, model_state, unwrap, warm_start
+from model import create_model, unwrap, warm_start
 from model.condition import condition_from_params
 from pipeline.degrade import sample_and_degrade
 from pipeline.loader import make_loader
 from pipeline.valset import ValSet, build_valset
-from train import checkpoint
-from train.config import LossConfig, OptimConfig, TrainConfig, to_dict
+from train import distributed
+from train.checkpoint import restore, save, set_rng_state
+from train.config import LossConfig, OptimConfig, TrainConfig
+from train.distributed import DistEnv
 from train.logger import RunLogger
 from train.validate import validate
+
+LR_SCALING = {"none": lambda _n: 1.0, "sqrt": math.sqrt, "linear": float}  # peak lr factor for N ranks
 
 
 def pick_device(name: str) -> torch.device:
@@ -43,13 +47,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Linear warmup to `lr`, then cosine down to `lr * min_lr_ratio` at `total_steps` (pure, [nG] get_lr)."""
+def lr_at(step: int, cfg: OptimConfig, total_steps: int, world_size: int = 1) -> float:
+    """Linear warmup to the peak, then cosine down to `peak * min_lr_ratio` at `total_steps` (pure, [nG] get_lr).
+
+    The peak is `lr` scaled for `world_size` ranks by `cfg.lr_scaling` (x1, x sqrt(N) or x N; docs/notes/ddp.md).
+    """
+    peak = cfg.lr * LR_SCALING[cfg.lr_scaling](world_size)
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return peak * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+    floor = peak * cfg.min_lr_ratio
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
 def loss_fn(restored: torch.Tensor, clean: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
@@ -79,82 +87,46 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class State:
-    """Everything the loop mutates, so helpers can be plain functions."""
+    """Everything the loop mutates, so helpers can be plain functions; `env` is this process's place among ranks."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     ema: AveragedModel | None
     scaler: torch.amp.GradScaler | None
     generator: torch.Generator
+    env: DistEnv = field(default_factory=DistEnv)
     step: int = 0
     best_psnr: float = -math.inf
     stop_signal: list[int] = field(default_factory=list)
 
 
-def build_state(cfg: TrainConfig, device: torch.device) -> State:
-    torch.manual_seed(cfg.run.seed)
+def build_state(cfg: TrainConfig, device: torch.device, env: DistEnv | None = None) -> State:
+    """Model (DDP-wrapped with several ranks), optimizer, EMA, scaler and this rank's degradation generator."""
+    env = env or DistEnv()
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = create_model(cfg.model.name, **cfg.model.kwargs)
     if cfg.model.init:
         warm_start(model, cfg.model.init)
     model = model.to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.optim.ema_decay > 0:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    model = distributed.wrap(model, device, env)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
         weight_decay=cfg.optim.weight_decay,
     )  # fmt: skip
-    ema = None
-    if cfg.optim.ema_decay > 0:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
     if cfg.run.compile:
-        model = torch.compile(model)  # checkpoints unwrap `_orig_mod.` (model.model_state)
+        model = torch.compile(model)  # checkpoints unwrap `_orig_mod.` and `module.` (model.model_state)
     dtype = amp_dtype(cfg.run.amp, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None
-    generator = torch.Generator(device).manual_seed(cfg.run.seed)
-    return State(model, optimizer, ema, scaler, generator)
-
-
-def save(state: State, cfg: TrainConfig, path: Path) -> None:
-    """Checkpoint `state` atomically; refuses (raises) when any weight is NaN/inf, so a good file is never replaced."""
-    finite = torch.stack([p.detach().isfinite().all() for p in state.model.parameters()]).all()
-    if not bool(finite):
-        raise FloatingPointError(f"weights are not finite at step {state.step}: not overwriting {path.name}")
-    checkpoint.atomic_save(
-        {
-            "model": model_state(state.model),
-            "model_name": cfg.model.name,
-            "model_kwargs": dict(cfg.model.kwargs),
-            "ema": model_state(state.ema.module) if state.ema is not None else None,
-            "ema_n_averaged": int(state.ema.n_averaged) if state.ema is not None else 0,
-            "optimizer": state.optimizer.state_dict(),
-            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-            "step": state.step,
-            "best_psnr": state.best_psnr,
-            "config": to_dict(cfg),
-            "device_type": state.generator.device.type,
-            "rng": checkpoint.rng_state(state.generator),
-        },
-        path,
-    )
-
-
-def restore(state: State, path: Path) -> dict:
-    """Load weights, optimizer and counters from `path`; returns the saved RNG states (set them after the replay)."""
-    saved = checkpoint.load(path)
-    if saved["device_type"] != state.generator.device.type:
-        raise ValueError(
-            f"{path} was written on {saved['device_type']}; resume it on a {saved['device_type']} device "
-            f"(RNG states do not carry over), or start a new run from its weights"
-        )
-    unwrap(state.model).load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    if state.ema is not None and saved["ema"] is not None:
-        state.ema.module.load_state_dict(saved["ema"])
-        state.ema.n_averaged.fill_(saved["ema_n_averaged"])
-    if state.scaler is not None and saved["scaler"] is not None:
-        state.scaler.load_state_dict(saved["scaler"])
-    state.step, state.best_psnr = saved["step"], saved["best_psnr"]
-    return saved["rng"]
+    seed = distributed.rank_seed(cfg.run.seed, env.rank)
+    if env.rank > 0:
+        torch.manual_seed(seed)  # any global-RNG use differs per rank too; rank 0 keeps the single-process stream
+    generator = torch.Generator(device).manual_seed(seed)  # degradations and withheld conditions: per rank
+    return State(model, optimizer, ema, scaler, generator, env)
 
 
 def train_step(
@@ -167,9 +139,33 @@ def train_step(
     if cfg.run.channels_last:
         clean = clean.contiguous(memory_format=torch.channels_last)
     degraded, params = sample_and_degrade(clean, cfg.degrade, state.generator, state.step / cfg.run.steps)
-    inputs = [degraded]
+    condition = None
     if getattr(unwrap(state.model), "film", None) is not None:
-        inputs.append(condition_from_params(params, state.generator, cfg.model.p_withheld))
+        condition = condition_from_params(params, state.generator, cfg.model.p_withheld)
+    losses = backward(state, clean, degraded, condition, cfg, dtype)
+    if cfg.optim.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.clip_grad_norm)
+    if state.scaler is not None:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        state.optimizer.step()
+    if state.ema is not None:
+        state.ema.update_parameters(unwrap(state.model))
+    return losses, params
+
+
+def backward(
+    state: State,
+    clean: torch.Tensor,
+    degraded: torch.Tensor,
+    condition: torch.Tensor | None,
+    cfg: TrainConfig,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Forward, loss and backward: leaves in each `.grad` the gradient of the mean loss over the batches of all
+    ranks (DDP averages them). Returns [loss, loss of the degraded input], detached (no sync)."""
+    inputs = [degraded] if condition is None else [degraded, condition]
     with torch.autocast(clean.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         restored = state.model(*inputs)
     loss = loss_fn(restored, clean, cfg.loss)
@@ -181,31 +177,29 @@ def train_step(
         state.scaler.unscale_(state.optimizer)
     else:
         loss.backward()
-    if cfg.optim.clip_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.clip_grad_norm)
-    if state.scaler is not None:
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-    else:
-        state.optimizer.step()
-    if state.ema is not None:
-        state.ema.update_parameters(state.model)
-    return torch.stack([loss.detach(), input_loss]), params
+    return torch.stack([loss.detach(), input_loss])
 
 
 def fit(
     cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = None, stop_after: int | None = None
 ) -> dict:
-    """Train for `cfg.run.steps` steps (or until `stop_after`, a signal, or NaN); returns the last validation."""
-    device = pick_device(cfg.run.device)
+    """Train for `cfg.run.steps` steps (or until `stop_after`, a signal, or NaN); returns the last validation.
+
+    Under torchrun (after `distributed.init`) every rank runs this: each reads its own shards and draws its own
+    degradations; rank 0 alone logs, validates and writes checkpoints (the others return {}).
+    """
+    env = distributed.current()
+    device = distributed.rank_device(pick_device(cfg.run.device), env)
     if device.type == "cpu":
         # decode workers are light (a few % of a core each at CPU training speeds): keep most cores for compute
-        torch.set_num_threads(cfg.run.threads or max(1, (os.cpu_count() or 1) - cfg.loader.workers // 2))
-    state = build_state(cfg, device)
+        cores = max(1, (os.cpu_count() or 1) // env.local_world_size)
+        torch.set_num_threads(cfg.run.threads or max(1, cores - cfg.loader.workers // 2))
+    state = build_state(cfg, device, env)
     rng = restore(state, resume) if resume is not None else None
-    valset = build_valset(shards, cfg.degrade, cfg.run.seed, cfg.val.crop, cfg.val.variants)
-    loader = make_loader(shards, "train", cfg.loader, device)
-    logger = RunLogger(cfg, run_dir, start_step=state.step, device=device)
+    distributed.check_same_step(state.step, env)
+    valset = build_valset(shards, cfg.degrade, cfg.run.seed, cfg.val.crop, cfg.val.variants) if env.is_main else None
+    loader = make_loader(shards, "train", cfg.loader, device, env.rank, env.world_size)
+    logger = RunLogger(cfg, run_dir, start_step=state.step, device=device, env=env)
     if state.step >= min(cfg.run.steps, stop_after or cfg.run.steps):
         logger.message(f"nothing to do: the run is already at step {state.step} of {cfg.run.steps}")
         logger.close()
@@ -214,13 +208,13 @@ def fit(
         logger.message(f"resuming: replaying {state.step} batches so the data stream continues exactly")
         for _ in range(state.step):
             next(loader)
-        checkpoint.set_rng_state(rng, state.generator)
+        set_rng_state(rng, state.generator)
     dtype = amp_dtype(cfg.run.amp, device)
-    handlers = _catch_signals(state)
+    handlers = _catch_signals(state, repeat_quits=env.world_size == 1)
     try:
         return _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after)
     except Exception:
-        if state.stop_signal:  # a signal broke the step (e.g. it also killed the loader workers): keep the work
+        if state.stop_signal and env.world_size == 1:  # a signal broke the step (e.g. killed the loader workers)
             save(state, cfg, run_dir / "last.pt")
         raise
     finally:
@@ -233,7 +227,7 @@ def _loop(
     state: State,
     cfg: TrainConfig,
     loader: Iterator[torch.Tensor],
-    valset: ValSet,
+    valset: ValSet | None,
     logger: RunLogger,
     run_dir: Path,
     dtype: torch.dtype | None,
@@ -241,46 +235,56 @@ def _loop(
 ) -> dict:
     last_val: dict = {}
     end = min(cfg.run.steps, stop_after or cfg.run.steps)
+    world_size = state.env.world_size
     while state.step < end:
         wait_start = time.perf_counter()
         clean = next(loader)
         waited = time.perf_counter() - wait_start
-        loss, params = train_step(state, clean, cfg, lr_at(state.step, cfg.optim, cfg.run.steps), dtype)
+        loss, params = train_step(state, clean, cfg, lr_at(state.step, cfg.optim, cfg.run.steps, world_size), dtype)
         state.step += 1
         logger.record(state.step, loss, params, clean.shape[0], waited)
         logging_step = state.step % cfg.run.log_every == 0 or state.step == end
-        if logging_step and not logger.flush(state.step, lr_at(state.step - 1, cfg.optim, cfg.run.steps)):
+        if logging_step and not logger.flush(state.step, lr_at(state.step - 1, cfg.optim, cfg.run.steps, world_size)):
             raise FloatingPointError(f"loss is not finite at step {state.step}: stopping (last good: last.pt)")
         if state.step % cfg.run.val_every == 0 or state.step == cfg.run.steps:
             last_val = _validate_and_keep_best(state, cfg, valset, logger, run_dir)
         if state.step % cfg.run.ckpt_every == 0 or state.step == end:
-            if not bool(torch.isfinite(loss).all()):
+            if distributed.any_rank(not bool(torch.isfinite(loss).all()), state.env):
                 raise FloatingPointError(f"loss is not finite at step {state.step}: stopping (last good: last.pt)")
             save(state, cfg, run_dir / "last.pt")
-        if state.stop_signal:
+        if distributed.any_rank(bool(state.stop_signal), state.env):  # every rank stops after the same step
             save(state, cfg, run_dir / "last.pt")
-            logger.message(f"stopped by signal {state.stop_signal[0]} at step {state.step}; resume with --resume auto")
+            signum = state.stop_signal[0] if state.stop_signal else "(on another rank)"
+            logger.message(f"stopped by signal {signum} at step {state.step}; resume with --resume auto")
             break
     return last_val
 
 
-def _validate_and_keep_best(state: State, cfg: TrainConfig, valset: ValSet, logger: RunLogger, run_dir: Path) -> dict:
-    model = state.ema.module if state.ema is not None else state.model
-    result = validate(model, valset, cfg.val, next(model.parameters()).device, run_dir / "samples", state.step)
-    if result["psnr_model"] > state.best_psnr:
-        state.best_psnr = result["psnr_model"]
+def _validate_and_keep_best(
+    state: State, cfg: TrainConfig, valset: ValSet | None, logger: RunLogger, run_dir: Path
+) -> dict:
+    """Rank 0 validates (the EMA weights when kept) while the others wait; all save best.pt together."""
+    result, is_best = {}, False
+    if state.env.is_main:
+        model = state.ema.module if state.ema is not None else unwrap(state.model)
+        result = validate(model, valset, cfg.val, next(model.parameters()).device, run_dir / "samples", state.step)
+        is_best = result["psnr_model"] > state.best_psnr
+        state.best_psnr = max(state.best_psnr, result["psnr_model"])
+        logger.validation(state.step, result)
+    if distributed.from_main(is_best, state.env):
         save(state, cfg, run_dir / "best.pt")
-    logger.validation(state.step, result)
     return result
 
 
-def _catch_signals(state: State) -> dict:
-    """The first SIGINT/SIGTERM asks the loop to checkpoint and stop after the current step; a second one quits."""
+def _catch_signals(state: State, repeat_quits: bool) -> dict:
+    """The first SIGINT/SIGTERM asks the loop to checkpoint and stop after the current step; a second one quits
+    (single process). Under torchrun a repeat is ignored: the launcher forwards the group's signal, so a rank may
+    get it twice, and torchrun itself kills ranks that have not finished within TORCH_ELASTIC_SHUTDOWN_TIMEOUT."""
     previous = {}
 
     def handler(signum, _frame):
         state.stop_signal.append(signum)
-        if len(state.stop_signal) > 1:
+        if len(state.stop_signal) > 1 and repeat_quits:
             signal.signal(signum, previous[signum])
             raise KeyboardInterrupt(f"second signal {signum}: quitting without waiting for the step")
 

@@ -1,10 +1,12 @@
 """Train a restoration model on shards.
 
 python train/run.py --shards DIR [--config FILE.yaml] [--set a.b=v ...] [--out RUN_DIR] [--resume auto|PATH]
+torchrun --nproc_per_node N train/run.py --shards DIR ...      (DDP: N processes, NCCL on CUDA, gloo on the CPU)
 
 With no --config the defaults fit the device found (CUDA, then MPS, then CPU). A resumed run starts from the config
 saved in its checkpoint, then applies --config and --set. `--resume auto` continues from RUN_DIR/last.pt when
-there is one (and starts fresh otherwise); it needs --out.
+there is one (and starts fresh otherwise); it needs --out. Under torchrun every rank trains on its own shards and
+degradations with batch loader.batch_size; rank 0 logs, validates and checkpoints (docs/notes/ddp.md).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from train import checkpoint
+from train import checkpoint, distributed
 from train.config import load_config
 from train.loop import fit, pick_device
 
@@ -37,12 +39,25 @@ def main(argv: list[str] | None = None) -> None:
     resume = checkpoint.resolve_resume(args.resume, run_dir)
     if resume is None and (run_dir / "last.pt").exists():
         raise SystemExit(f"{run_dir} already holds a run (last.pt): pass --resume auto, or choose another --out")
-    base = checkpoint.load(resume)["config"] if resume is not None else None
+    saved = checkpoint.load(resume) if resume is not None else None
+    if saved is not None:
+        try:
+            checkpoint.check_world_size(saved, distributed.world_size_from_env(), resume)
+        except ValueError as err:
+            raise SystemExit(f"--resume: {err}") from None
+    base = saved["config"] if saved is not None else None
     device_name = load_config("cpu", args.config, args.set, base).run.device
     cfg = load_config(pick_device(device_name).type, args.config, args.set, base)
-    result = fit(cfg, args.shards, run_dir, resume)
-    summary = f"val PSNR {result['psnr_model']:.2f} dB (input {result['psnr_input']:.2f})" if result else "no val"
-    print(f"done: {summary}; run folder {run_dir}: metrics.jsonl, config.yaml, samples/, last.pt, best.pt")
+    env = distributed.init(pick_device(cfg.run.device).type)
+    finished = False
+    try:
+        result = fit(cfg, args.shards, run_dir, resume)
+        finished = True
+    finally:
+        distributed.shutdown(env, clean=finished)
+    if env.is_main:
+        summary = f"val PSNR {result['psnr_model']:.2f} dB (input {result['psnr_input']:.2f})" if result else "no val"
+        print(f"done: {summary}; run folder {run_dir}: metrics.jsonl, config.yaml, samples/, last.pt, best.pt")
 
 
 if __name__ == "__main__":
