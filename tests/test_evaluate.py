@@ -16,9 +16,10 @@ from PIL import Image
 from skimage.color import rgb2ycbcr
 from skimage.metrics import structural_similarity
 
-from evaluate import evaluate, metric_label, psnr, psnr_from_mse, rgb_to_y, ssim
 from evaluate.analysis import tile_classes
 from evaluate.cli import main
+from evaluate.harness import evaluate
+from evaluate.metrics import metric_label, psnr, psnr_from_mse, rgb_to_y, ssim
 from evaluate.protocols import Cell, degrade_anchor, degrade_real, make_cells, parse_qualities, real_rng
 from pipeline.io import pil_jpeg, save_png, to_tensor
 from pipeline.reference import degrade_reference
