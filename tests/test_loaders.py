@@ -28,7 +28,15 @@ from shards.format import MANIFEST, read_manifest, split_shards
 from shards.pack import pack
 
 HAS_DALI = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
-dali = pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed (pip install -e .[dali])")
+DALI_MARKS = [pytest.mark.dali, pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed (.[dali])")]
+
+
+def dali(test):
+    """Marks a DALI test (`-m dali` selects it) and skips it where DALI is not installed."""
+    for mark in DALI_MARKS:
+        test = mark(test)
+    return test
+
 
 HEIGHT, WIDTH = 40, 48  # coded images: small, not square, every coordinate fits in a byte
 
@@ -112,7 +120,7 @@ def test_torch_contract_and_crops_from_sources(shard_dir, device):
     assert len(set(windows)) > len(windows) // 2, "crop positions are not random"
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=dali)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=DALI_MARKS)])
 def test_crops_are_flipped_and_rotated(shard_dir, device, backend):
     cfg = config(backend=backend, batch_size=16)
     crops = torch.cat(take(make_loader(shard_dir, "train", cfg, device), 4)).mul(255).round().to(torch.uint8)

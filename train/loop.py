@@ -47,6 +47,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_threads(cfg: TrainConfig, processes_per_node: int = 1) -> int:
+    """Torch CPU threads per training process: `run.threads`, or this process's share of the cores less half a core
+    per loader worker (decode workers are light: a few % of a core each at CPU training speeds)."""
+    cores = max(1, (os.cpu_count() or 1) // processes_per_node)
+    return cfg.run.threads or max(1, cores - cfg.loader.workers // 2)
+
+
 def lr_at(step: int, cfg: OptimConfig, total_steps: int, world_size: int = 1) -> float:
     """Linear warmup to the peak, then cosine down to `peak * min_lr_ratio` at `total_steps` (pure, [nG] get_lr).
 
@@ -191,9 +198,7 @@ def fit(
     env = distributed.current()
     device = distributed.rank_device(pick_device(cfg.run.device), env)
     if device.type == "cpu":
-        # decode workers are light (a few % of a core each at CPU training speeds): keep most cores for compute
-        cores = max(1, (os.cpu_count() or 1) // env.local_world_size)
-        torch.set_num_threads(cfg.run.threads or max(1, cores - cfg.loader.workers // 2))
+        torch.set_num_threads(cpu_threads(cfg, env.local_world_size))
     state = build_state(cfg, device, env)
     rng = restore(state, resume) if resume is not None else None
     distributed.check_same_step(state.step, env)

@@ -1,0 +1,47 @@
+"""`python -m demo [--model PATH] [--port N] [--device auto|cpu|cuda|mps] [--precision fp32|fp16|bf16]`: serve the
+demo on http://127.0.0.1:PORT (local only, no share link, analytics off)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+from demo.core import DEFAULT_MAX_PIXELS
+from infer.backends import PRECISIONS, open_backend
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
+    parser.add_argument("--model", default=None, help="checkpoint or exported model (default: the shipped model)")
+    parser.add_argument("--port", type=int, default=7860, help="local port (default 7860)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="inference precision")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse uploads with more pixels; below it large images run in tiles (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        backend = open_backend(args.model, device=args.device, precision=args.precision)
+    except (OSError, ValueError, RuntimeError) as err:  # missing file, unknown type, unusable device
+        raise SystemExit(f"python -m demo: cannot open the model: {err}") from err
+    from demo.app import build_app, serve  # imports Gradio only once the model is known to open
+
+    app = build_app(backend, max_pixels=args.max_pixels)
+    print(f"serving {backend.name} on {backend.device} at http://127.0.0.1:{args.port} (Ctrl+C stops)")
+    try:
+        serve(app, port=args.port, block=True)
+    except KeyboardInterrupt:  # Ctrl+C before Gradio's own loop catches it (e.g. during start-up)
+        print("stopped")
+    finally:
+        shutil.rmtree(app.handlers.workroot, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""`python -m infer INPUT... --out DIR`: restore image files with a trained model, tiled when they do not fit.
+
+Exit status: 0 when every input was restored (or skipped with --skip-existing), 1 when some input failed (each one
+is reported, the others are still written), 2 for unusable options or model files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from infer.backends import PRECISIONS, Backend, open_backend
+from infer.files import Job, Loaded, collect_inputs, describe_error, plan_outputs, read_image, write_png
+from infer.tiling import DEFAULT_OVERLAP, check_tile, restore
+from model import SHIPPED_MODEL
+from model.condition import encode_condition
+from pipeline.io import to_rgb8_array, to_tensor
+
+EPILOG = """examples:
+  python -m infer photo.jpg --out restored/
+  python -m infer albums/ 'scans/**/*.tif' --out restored/ --skip-existing --batch 4
+  python -m infer noisy.png --out out/ --model release.pt --sigma 25 --quality 40   # conditioned model only
+
+Outputs are PNG (lossless), named after the input, with the input's ICC profile and EXIF (orientation reset:
+the pixels are already upright). Folder structure under a directory argument (or a glob's fixed prefix) is kept.
+Without --tile, the whole image is restored in one pass when it fits in free memory, else in the largest tiles
+that fit, blended without seams.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m infer", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--model", type=Path, help=f"checkpoint, TorchScript, ONNX or TensorRT file "
+                        f"(default: the shipped model, now {SHIPPED_MODEL.name})")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
+                        help="fp16/bf16 fall back to fp32 if an output fails a check; MPS runs fp32 only")  # fmt: skip
+    parser.add_argument("--tile", type=int, help="tile size in pixels (a multiple of the model's stride); "
+                        "default: the whole image if it fits in memory, else the largest tile that fits")  # fmt: skip
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="tile overlap in pixels")
+    parser.add_argument("--sigma", type=float, help="noise sigma (0-255 scale) to remove: conditioned models only")
+    parser.add_argument("--quality", type=int, help="JPEG quality (1-100, 100 = no JPEG) the input was saved at: "
+                        "conditioned models only; a value left out is estimated by the model")  # fmt: skip
+    parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
+    parser.add_argument("--batch", type=int, default=1, help="restore up to N equal-sized images per forward pass")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        backend, condition = _open(args)
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    pairs, failures = collect_inputs(args.inputs, exclude=args.out)
+    jobs, notes = plan_outputs(pairs, args.out)
+    todo = [job for job in jobs if not (args.skip_existing and job.output.exists())]
+    for line in [f"note: {note}" for note in notes] + [f"failed: {failure}" for failure in failures]:
+        print(line, file=sys.stderr)
+    written = 0
+    with tqdm(total=len(todo), unit="img", desc="restoring", dynamic_ncols=True) as bar:
+        for job, message in _run(backend, todo, args, condition, bar):
+            if message is None:
+                written += 1
+                continue
+            failures.append(f"{job.source}: {message}")
+            tqdm.write(f"failed: {job.source}: {message}", file=sys.stderr)
+    for note in dict.fromkeys(backend.notes):
+        print(f"warning: {note}", file=sys.stderr)
+    skipped = len(jobs) - len(todo)
+    print(f"{written} written, {skipped} skipped (output already there), {len(failures)} failed; in {args.out}")
+    if failures:
+        print("failures:\n  " + "\n  ".join(failures), file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _open(args: argparse.Namespace) -> tuple[Backend, torch.Tensor | None]:
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.sigma is not None and not 0 <= args.sigma <= 255:
+        raise ValueError(f"--sigma must be in 0-255, got {args.sigma}")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise ValueError(f"--quality must be in 1-100 (100 = no JPEG), got {args.quality}")
+    backend = open_backend(args.model, args.device, args.precision)
+    if args.tile is not None:
+        check_tile(args.tile, backend.stride, args.overlap)
+    which = "the shipped model, model.SHIPPED_MODEL" if args.model is None else "--model"
+    print(f"model: {args.model or SHIPPED_MODEL} ({which}); {backend.name} on {backend.device}, {backend.precision}")
+    if args.sigma is None and args.quality is None:
+        return backend, None
+    if not backend.conditioned:
+        raise ValueError(
+            f"--sigma/--quality set the strength of a conditioned model, but {backend.name} is blind (it always "
+            "estimates the degradation itself): drop these options or use a conditioned model"
+        )
+    return backend, encode_condition(1, args.sigma, args.quality)
+
+
+def _run(backend: Backend, jobs: list[Job], args: argparse.Namespace, condition: torch.Tensor | None,
+         bar: tqdm) -> Iterator[tuple[Job, str | None]]:  # fmt: skip
+    """Restore and write every job, batching equal sizes; yields `(job, None)` when written, else the reason."""
+    pending: dict[tuple[int, int], list[tuple[Job, Loaded]]] = {}
+    for job, loaded, error in _prefetch(jobs, ahead=2 * args.batch):
+        if error is not None:
+            bar.update(1)
+            yield job, describe_error(error)
+            continue
+        group = pending.setdefault(loaded.rgb8.shape[:2], [])
+        group.append((job, loaded))
+        if len(group) >= args.batch or sum(map(len, pending.values())) >= 4 * args.batch:
+            key = loaded.rgb8.shape[:2] if len(group) >= args.batch else max(pending, key=lambda k: len(pending[k]))
+            yield from _flush(backend, pending.pop(key), args, condition, bar)
+    for group in pending.values():
+        yield from _flush(backend, group, args, condition, bar)
+
+
+def _flush(backend: Backend, group: list[tuple[Job, Loaded]], args: argparse.Namespace,
+           condition: torch.Tensor | None, bar: tqdm) -> Iterator[tuple[Job, str | None]]:  # fmt: skip
+    degraded = torch.stack([to_tensor(loaded.rgb8) for _, loaded in group])  # (N, 3, H, W)
+    rows = None if condition is None else condition.expand(len(group), -1)
+    try:
+        restored = restore(backend, degraded, args.tile, args.overlap, rows)
+    except (RuntimeError, ValueError) as err:  # e.g. out of memory: these inputs fail, the others go on
+        bar.update(len(group))
+        for job, _ in group:
+            yield job, f"restoration failed: {err}"
+        return
+    for (job, loaded), image in zip(group, restored, strict=True):
+        try:
+            write_png(to_rgb8_array(image), job.output, loaded.icc_profile, loaded.exif)
+        except OSError as err:
+            bar.update(1)
+            yield job, f"cannot write {job.output}: {err.strerror or err}"
+            continue
+        bar.update(1)
+        yield job, None
+
+
+def _prefetch(jobs: list[Job], ahead: int) -> Iterator[tuple[Job, Loaded | None, Exception | None]]:
+    """Decode the next `ahead` inputs in a thread while the model runs; a failed read is yielded with its error."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        queue: deque[tuple[Job, Future]] = deque()
+        remaining = iter(jobs)
+        for job in remaining:
+            queue.append((job, pool.submit(read_image, job.source)))
+            if len(queue) >= ahead:
+                break
+        while queue:
+            job, future = queue.popleft()
+            following = next(remaining, None)
+            if following is not None:
+                queue.append((following, pool.submit(read_image, following.source)))
+            try:
+                yield job, future.result(), None
+            except Exception as err:  # any decoder failure of one file must not stop the batch
+                yield job, None, err

@@ -1,0 +1,162 @@
+"""Files for the inference CLI: which inputs, where each output goes, reading with metadata, atomic PNG writing.
+
+Inputs are files (any name: the decoder decides), directories (searched recursively for `pipeline.io.IMAGE_SUFFIXES`)
+and glob patterns (expanded here too, for shells that do not, `**` included). Each output is
+`OUT / <path relative to the directory argument or the glob's fixed prefix>` with the suffix `.png`; a plain file
+argument goes to `OUT / <name>.png`. Outputs keep the source's ICC profile (when it describes RGB: a CMYK or gray
+profile no longer fits the converted pixels) and its EXIF block with the orientation reset to 1 (the pixels are
+already upright). PNGs are written to a temporary file in the target folder and renamed into place, so an
+interrupted job never leaves a partial PNG under the final name.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.io import IMAGE_SUFFIXES, ImageError, open_image, to_rgb8
+
+EXIF_ORIENTATION_TAG = 0x0112
+_REASONS = {
+    "empty": "empty file (zero bytes)",
+    "unreadable": "not an image that can be read (JPEG, PNG, BMP, TIFF or WebP expected)",
+    "corrupt": "damaged image file",
+    "truncated": "truncated image file",
+    "too_large": "too large (refused before decoding)",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the PNG it becomes."""
+
+    source: Path
+    output: Path
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A decoded input: `(H, W, 3)` uint8 RGB pixels and the metadata to carry into the output (or None)."""
+
+    rgb8: np.ndarray
+    icc_profile: bytes | None
+    exif: bytes | None
+
+
+def collect_inputs(arguments: list[str], exclude: Path | None = None) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """`(source, path relative to its argument)` for every input, in argument order without duplicates, and one
+    failure message per argument that names nothing usable. Files under `exclude` (the output folder) are skipped."""
+    pairs, failures, seen = [], [], set()
+    excluded = exclude.resolve() if exclude is not None else None
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = [(f, f.relative_to(path)) for f in _images_under(path)]
+            what = f"{argument}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
+        elif path.is_file():
+            found, what = [(path, Path(path.name))], ""
+        elif glob.has_magic(argument):
+            found = _glob_matches(argument)
+            what = f"{argument}: no image files match this pattern"
+        else:
+            failures.append(f"{argument}: no such file or directory")
+            continue
+        found = [(s, r) for s, r in found if excluded is None or excluded not in s.resolve().parents]
+        if not found:
+            failures.append(what)
+        for source, relative in found:
+            key = source.resolve()
+            if key not in seen:
+                seen.add(key)
+                pairs.append((source, relative))
+    return pairs, failures
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _glob_matches(pattern: str) -> list[tuple[Path, Path]]:
+    """Matches of a glob pattern relative to its fixed leading folders; matched folders are searched too."""
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    found = []
+    for match in sorted(Path(m) for m in glob.glob(pattern, recursive=True)):
+        if match.is_dir():
+            found.extend((f, f.relative_to(base)) for f in _images_under(match))
+        elif match.is_file() and match.suffix.lower() in IMAGE_SUFFIXES:
+            found.append((match, match.relative_to(base)))
+    return found
+
+
+def plan_outputs(pairs: list[tuple[Path, Path]], out_dir: Path) -> tuple[list[Job], list[str]]:
+    """One job per input; two inputs that would share an output name (`a.jpg` and `a.png`) are told apart by
+    `-2`, `-3`... on the later ones, with a note. The naming depends only on the inputs, so reruns agree."""
+    jobs, notes, taken = [], [], set()
+    for source, relative in pairs:
+        output = out_dir / relative.with_suffix(".png")
+        counter = 2
+        while output in taken:
+            output = out_dir / relative.with_name(f"{relative.stem}-{counter}.png")
+            counter += 1
+        if counter > 2:
+            notes.append(f"{source}: its output name was taken by another input; writing {output}")
+        taken.add(output)
+        jobs.append(Job(source, output))
+    return jobs, notes
+
+
+def read_image(path: Path) -> Loaded:
+    """Decode `path` by the project's normalisation rule and pick up the metadata the output keeps."""
+    img = open_image(path)
+    icc = img.info.get("icc_profile")
+    if not isinstance(icc, bytes) or icc[16:20] != b"RGB ":  # the ICC header's colour space field
+        icc = None
+    exif = None
+    if img.info.get("exif"):
+        fields = Image.Exif()  # a copy: the image's own (img.getexif()) still drives the orientation below
+        fields.load(img.info["exif"])
+        if EXIF_ORIENTATION_TAG in fields:
+            fields[EXIF_ORIENTATION_TAG] = 1
+        exif = fields.tobytes()
+    return Loaded(np.asarray(to_rgb8(img)), icc, exif)
+
+
+def describe_error(err: Exception) -> str:
+    """A user-facing line for a failed read."""
+    if isinstance(err, ImageError):
+        detail = str(err).split(": ", 1)[1] if ": " in str(err) else ""
+        return _REASONS.get(err.reason, err.reason) + (f" ({detail})" if detail else "")
+    if isinstance(err, OSError):
+        return f"cannot read the file: {err.strerror or err}"
+    return f"cannot decode the file: {type(err).__name__}: {err}"
+
+
+def write_png(rgb8: np.ndarray, path: Path, icc_profile: bytes | None = None, exif: bytes | None = None) -> None:
+    """Write `(H, W, 3)` uint8 RGB as PNG atomically (temporary file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            Image.fromarray(rgb8, "RGB").save(stream, format="PNG", **extra)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
