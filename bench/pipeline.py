@@ -13,8 +13,6 @@ import itertools
 import json
 import os
 import platform
-import statistics
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 import webdataset as wds
 
 from bench.shard_format import time_dali
+from bench.timing import median_rate
 from pipeline.config import DegradeConfig, LoaderConfig
 from pipeline.degrade import PARAM_KEYS, degrade, sample_and_degrade, sample_params
 from pipeline.io import decode_rgb8
@@ -32,26 +31,6 @@ from pipeline.loader import make_loader
 from pipeline.loader_torch import random_crops
 from pipeline.reference import degrade_reference
 from shards.format import IMAGE_EXTS, read_manifest, split_shards
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def _median_rate(fn, items: int, repeats: int, device: torch.device) -> float:
-    """Items per second: median over `repeats` timed calls of `fn`, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return items / statistics.median(times)
 
 
 def _row(stage: str, img_per_s: float, pixels_per_img: float, note: str = "") -> dict:
@@ -88,13 +67,13 @@ def bench_stages(shards: Path, device: torch.device, patch: int, batch: int, rep
     rows = [
         _row(
             "read tar bytes",
-            _median_rate(lambda: [_read_through(u) for u in urls], samples, repeats, device),
+            median_rate(lambda: [_read_through(u) for u in urls], samples, repeats, device),
             pixels,
             "all train tars, page cache warm",
         ),
         _row(
             f"decode ({pil_name} {PIL.__version__})",
-            _median_rate(lambda: [decode_rgb8(p) for p in payloads], len(payloads), repeats, device),
+            median_rate(lambda: [decode_rgb8(p) for p in payloads], len(payloads), repeats, device),
             pixels,
         ),
     ]
@@ -106,7 +85,7 @@ def bench_stages(shards: Path, device: torch.device, patch: int, batch: int, rep
     rows.append(
         _row(
             f"crop+flip+rot90 ({crops_per_image} x {patch}px per image)",
-            _median_rate(
+            median_rate(
                 lambda: [random_crops(a, crops_per_image, patch, rng) for a in images],
                 len(images) * crops_per_image,
                 repeats,
@@ -132,7 +111,7 @@ def bench_degrade(images: list[np.ndarray], device: torch.device, patch: int, ba
     rows = [
         _row(
             "degrade: Pillow/libjpeg, 1 core",
-            _median_rate(lambda: [_pillow_pool_job(j) for j in jobs], total, repeats, device),
+            median_rate(lambda: [_pillow_pool_job(j) for j in jobs], total, repeats, device),
             patch * patch,
         )
     ]
@@ -142,7 +121,7 @@ def bench_degrade(images: list[np.ndarray], device: torch.device, patch: int, ba
         rows.append(
             _row(
                 f"degrade: Pillow/libjpeg, pool of {workers}",
-                _median_rate(
+                median_rate(
                     lambda: list(pool.map(_pillow_pool_job, jobs, chunksize=max(1, total // (4 * workers)))),
                     total,
                     repeats,
@@ -157,7 +136,7 @@ def bench_degrade(images: list[np.ndarray], device: torch.device, patch: int, ba
     rows.append(
         _row(
             f"degrade: batched device op ({device.type}, batch {batch})",
-            _median_rate(
+            median_rate(
                 lambda: [degrade(clean[i * batch : (i + 1) * batch], p, generator) for i, p in enumerate(chunks)],
                 total,
                 repeats,
@@ -170,10 +149,15 @@ def bench_degrade(images: list[np.ndarray], device: torch.device, patch: int, ba
     return rows
 
 
-def bench_loaders(shards: Path, device: torch.device, cfg: LoaderConfig, steps: int, repeats: int) -> list[dict]:
-    """Loaders end to end (crops/s on the device), and the torch loader followed by the device degradation."""
+def bench_loaders(
+    shards: Path, device: torch.device, cfg: LoaderConfig, steps: int, repeats: int, backends: tuple[str, ...] = ()
+) -> list[dict]:
+    """Loaders end to end (crops/s on the device), and the torch loader followed by the device degradation.
+
+    `backends`: which to time (default: torch, and DALI when installed).
+    """
     rows = []
-    for backend in ["torch"] + (["dali"] if _dali_installed() else []):
+    for backend in backends or ["torch"] + (["dali"] if _dali_installed() else []):
         loader = make_loader(shards, "train", replace(cfg, backend=backend), device)
         rows.append(
             _row(
@@ -199,7 +183,7 @@ def _loader_rate(
             if degrade_cfg is not None:
                 sample_and_degrade(clean, degrade_cfg, generator)
 
-    return _median_rate(run, steps * cfg.batch_size, repeats, device)
+    return median_rate(run, steps * cfg.batch_size, repeats, device)
 
 
 def _dali_installed() -> bool:

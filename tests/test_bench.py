@@ -1,0 +1,232 @@
+"""bench: the suite's machinery on tiny settings, the environment report, and the GPU check script without CUDA.
+
+The suite runs for real (real shards packed here, the real loaders, a real training run of a tiny model); only its
+sizes are shrunk so it takes seconds. Nothing here asserts a speed: the figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import PIL
+import pytest
+import torch
+from conftest import natural_image
+from PIL import Image
+
+from bench import env, gpu_summary, stall
+from bench.config import SuiteConfig
+from bench.suite import SECTIONS, main, run_suite
+from shards.pack import pack
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SETS = (
+    "model.name=resnet",
+    "model.kwargs={width: 8, num_blocks: 2}",
+    "loader.batch_size=4",
+    "loader.patch_size=32",
+    "loader.workers=0",
+    "loader.crops_per_image=2",
+    "loader.shuffle_buffer=8",
+    "val.crop=48",
+    "val.variants=1",
+    "run.threads=1",
+)
+SETTINGS = SuiteConfig(
+    quick=True,
+    repeats=2,
+    loader_steps=2,
+    stage_limit=4,
+    degrade_batches=(2, 4),
+    degrade_patches=(32, 128),  # 128 px is larger than every image: skipped with the reason
+    curve_workers=(0, 4),  # 4 workers cannot share 2 shards: skipped with the loader's own message
+    curve_batches=(2, 4),
+    curve_patches=(16,),
+    train_step_steps=1,
+    train_steps=4,
+    train_log_every=2,
+    backends=("torch",),
+    train_sets=TINY_SETS,
+    call_s=0.01,
+)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    (root / "src").mkdir()
+    for i in range(10):
+        Image.fromarray(natural_image(72, 80, seed=400 + i)).save(root / "src" / f"{i}.png")
+    pack(root / "src", root / "shards", val_fraction=0.2, seed=0, min_shards=2)
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def suite(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("suite") / "suite.json"
+    sections = tuple(s for s in SECTIONS if s != "infer")  # bench.infer has its own tests
+    return run_suite(sections, shards, torch.device("cpu"), SETTINGS, out, "python -m bench.suite (test)"), out
+
+
+def timed_entries(result: dict) -> list[dict]:
+    """Every measurement dict of the result that carries raw times."""
+    sections = result["sections"]
+    entries = [row["device"] for row in sections["degradation"]["rows"]]
+    entries += list(sections["degradation"]["cpu_pool"].values())
+    entries += [p for p in sections["scaling"]["points"] if "skipped" not in p]
+    entries += [run["ceiling"] for run in sections["training"]["runs"]]
+    return entries
+
+
+def test_suite_writes_json_markdown_and_plot(suite):
+    result, out = suite
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert result["schema"] == "ml-restoration/bench.suite/1"
+    assert result["device"]["type"] == "cpu" and result["device"]["cpu_cores"] == os.cpu_count()
+    assert result["versions"]["torch"] == torch.__version__ and result["versions"]["pillow"].endswith(PIL.__version__)
+    assert saved["config"]["suite"] == json.loads(json.dumps(asdict(SETTINGS)))
+    assert result["config"]["train_default"]["loader"]["batch_size"] == 4
+    assert {name: s["status"] for name, s in result["sections"].items()} == dict.fromkeys(
+        ("stages", "degradation", "scaling", "training"), "ok"
+    )
+    table = out.with_suffix(".md").read_text()
+    for heading in ("python -m bench.suite (test)", "| stage |", "| batch | patch px |", "img/s versus batch",
+                    "| loader | train img/s"):  # fmt: skip
+        assert heading in table
+    png = out.with_suffix(".png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert result["files"]["plot"] == str(out.with_suffix(".png"))
+
+
+def test_every_figure_is_the_median_of_its_repeats(suite):
+    result, _ = suite
+    entries = timed_entries(result)
+    assert len(entries) == 14  # 2 degradation rows, 1 CPU pool, 10 curve points, 1 loader ceiling
+    for entry in entries:
+        assert len(entry["times_s"]) == SETTINGS.repeats
+        assert entry["median_s"] == pytest.approx(statistics.median(entry["times_s"]), abs=2e-6)
+        assert entry["img_per_s"] == pytest.approx(entry["items"] / entry["median_s"], rel=1e-3, abs=0.01)
+
+
+def test_degradation_and_curves_cover_every_point_or_say_why_not(suite):
+    result, _ = suite
+    degradation, scaling = result["sections"]["degradation"], result["sections"]["scaling"]
+    assert [(r["batch"], r["patch"]) for r in degradation["rows"]] == [(2, 32), (4, 32)]
+    assert degradation["skipped"][0]["patch"] == 128 and "128 px" in degradation["skipped"][0]["reason"]
+    for row in degradation["rows"]:
+        assert row["speedup"] == pytest.approx(row["device_mpix_per_s"] / row["cpu_pool_mpix_per_s"], rel=1e-2)
+    assert degradation["cpu_workers"] == os.cpu_count()
+    points = {(p["axis"], p["x"], p["series"]): p for p in scaling["points"]}
+    assert "img_per_s" in points[("workers", 0, "loader torch")]
+    assert "shards cannot feed 4 workers" in points[("workers", 4, "loader torch")]["skipped"]
+    for axis, values in (("batch", (2, 4)), ("patch", (16,))):
+        for x in values:
+            for series in ("loader torch", "device degradation", "train step (default model)"):
+                assert "img_per_s" in points[(axis, x, series)], (axis, x, series)
+
+
+def test_training_section_reads_the_trainers_own_metrics(suite):
+    result, _ = suite
+    (run,) = result["sections"]["training"]["runs"]
+    assert run["backend"] == "torch" and run["status"] == "ok"
+    train = run["train"]
+    assert [w["step"] for w in train["windows"]] == [2, 4]
+    assert train["first_window_data_wait_share"] == train["windows"][0]["data_wait_share"]
+    assert 0 <= train["data_wait_share"] <= 1 and 0 <= train["run_data_wait_share"] <= 1
+    assert train["model"]["name"] == "resnet" and train["loader"]["patch_size"] == 32
+    assert run["headroom"] == pytest.approx(run["ceiling"]["img_per_s"] / train["img_per_s"], rel=1e-2)
+    assert run["meets_target"] == (train["data_wait_share"] <= stall.TARGET_DATA_WAIT_SHARE)
+
+
+def test_summarise_weights_windows_by_their_duration():
+    rows = [
+        {"message": "device cpu"},
+        {"step": 10, "img_per_s": 10.0, "data_wait_share": 0.5},  # 10 steps x 4 images at 10 img/s: 4 s
+        {"step": 20, "img_per_s": 40.0, "data_wait_share": 0.0},  # 1 s
+        {"step": 30, "img_per_s": 40.0, "data_wait_share": 0.1},  # 1 s
+        {"step": 30, "val": {}},
+    ]
+    summary = stall.summarise(rows, batch_size=4)
+    assert summary["run_data_wait_share"] == pytest.approx((0.5 * 4 + 0.1 * 1) / 6, abs=1e-5)
+    assert summary["data_wait_share"] == pytest.approx(0.05) and summary["img_per_s"] == 40.0
+    assert summary["first_window_data_wait_share"] == 0.5
+    with pytest.raises(ValueError, match="no metrics rows"):
+        stall.summarise([{"message": "x"}], batch_size=4)
+
+
+def test_gpu_summary_judges_the_measurements(suite):
+    result, _ = suite
+    waits = gpu_summary.wait_targets(result)
+    share = result["sections"]["training"]["runs"][0]["train"]["data_wait_share"]
+    assert waits[0]["verdict"] == ("PASS" if share <= 0.02 else "FAIL") and f"{share:.2%}" in waits[0]["measured"]
+    speed = gpu_summary.speed_target(result)
+    assert speed["verdict"] in ("PASS", "FAIL") and "batch 4 x 32 px (training default)" in speed["measured"]
+    assert gpu_summary.speed_target(None)["verdict"] == "not measured"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--out", "x.txt"], "must name a .json file"),
+        (["--out", "x.json", "--sections", "stages,bogus"], "unknown ['bogus']"),
+        (["--out", "x.json", "--shards", "/nonexistent/shards"], "no manifest.json there"),
+    ],
+)
+def test_suite_cli_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert message in str(stop.value.code) + capsys.readouterr().err
+
+
+def test_env_report_holds_this_machines_values(tmp_path, capsys):
+    from pipeline.loader import resolve_backend
+
+    env.main(["--json", "--out", str(tmp_path / "env.json")])
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "env.json").read_text())
+    assert report["cpu"]["cores"] == os.cpu_count() and report["torch"] == torch.__version__
+    assert report["cuda"]["available"] is torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        assert report["cuda"]["gpus"] == [] and report["choices"]["train_device"] in ("cpu", "mps")
+        assert report["choices"]["export_tensorrt"] is False
+    assert report["choices"]["loader_auto"] == resolve_backend("auto")
+    assert report["pillow"]["version"] == PIL.__version__
+    assert 0 < report["memory"]["available_gib"] <= report["memory"]["total_gib"]
+    text = env.render(report)
+    assert f"{os.cpu_count()} cores" in text and f"loader      auto -> {resolve_backend('auto')}" in text
+
+
+def _gpu_check(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    environ = os.environ | {"PYTHON": sys.executable} | extra_env
+    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), *args], capture_output=True, text=True,
+                          env=environ, timeout=120)  # fmt: skip
+
+
+def test_gpu_check_script_parses():
+    assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True).returncode == 0
+
+
+def test_gpu_check_dry_run_lists_every_part_and_runs_nothing(tmp_path):
+    done = _gpu_check(str(tmp_path / "out"), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    for part in ("env", "tests_cuda", "tests_device", "dali_mixed", "degradation", "training", "scaling", "infer"):
+        assert f"[dry-run] {part}" in done.stdout
+    assert "nothing was run" in done.stdout and not (tmp_path / "out").exists()
+
+
+def test_gpu_check_without_cuda_exits_cleanly_and_says_so(tmp_path):
+    done = _gpu_check(str(tmp_path / "out"), CUDA_VISIBLE_DEVICES="")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CUDA is absent" in done.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["cuda"] is False and summary["cores"] == os.cpu_count()
+    assert [(p["part"], p["status"]) for p in summary["parts"]] == [("env", "ok"), ("cuda", "skipped")]
+    assert {t["verdict"] for t in summary["targets"]} == {"not measured"}
+    assert json.loads((tmp_path / "out" / "env.json").read_text())["cuda"]["available"] is False
