@@ -33,9 +33,15 @@ SETS = ("CBSD68", "Kodak24")
 ANCHOR_SIGMAS = (15.0, 25.0, 50.0)
 GRID_SIGMAS = (0.0, 5.0, 15.0, 25.0, 50.0)
 GRID_QUALITIES = (10, 30, 50, 90, None)
+BM3D_IMAGES = {"CBSD68": 3, "Kodak24": 0}  # CBM3D takes 10-20 s per image and cell here: a stated subset
 CHECK_IMAGES = 2  # the first images of each set whose per-image figures the test re-measures
 CHECK_CELLS = {"anchor": ((25.0, None),), "real": ((0.0, None), (15.0, 30), (50.0, 10))}
 STRENGTH_CELL, STRENGTH_TOLD = Cell(25.0, 50), [5.0, 15.0, 25.0, 40.0]  # the strength figure (Kodak24's first image)
+
+
+def display_path(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it (so results read the same on every machine)."""
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
 
 def sha256(path: Path) -> str:
@@ -47,27 +53,42 @@ def load_set(data_root: Path, name: str, limit: int | None = None) -> tuple[list
     return [load_rgb8(p).copy() for p in paths], [p.stem for p in paths]
 
 
-def run(model, images, names, protocol, sigmas, qualities, out: Path, baseline=None) -> dict:
-    """One `evaluate` run, written in full under `out`; returns the result without its crops."""
+def run(model, images, names, protocol, sigmas, qualities, out: Path, baseline=None, model_sha: str = "") -> dict:
+    """One `evaluate` run, written in full under `out`; returns the result without its crops. A run of the same
+    model file (sha256), images and cells already in `out` is reused: every figure is deterministic."""
+    cached = out / "results.json"
+    if model_sha and cached.exists():
+        result = json.loads(cached.read_text())
+        cells = [(c["sigma"], c["quality"]) for c in result["cells"]]
+        if (
+            result.get("model_sha256") == model_sha
+            and result.get("names") == names
+            and cells == [(s, q) for s in sigmas for q in qualities]
+        ):
+            return result
     result = evaluate(model, images, sigmas, qualities, protocol, "auto", names=names, baseline=baseline)
     write_outputs(result, out)
-    return {k: v for k, v in result.items() if k != "samples"}
+    result = {k: v for k, v in result.items() if k != "samples"} | {"model_sha256": model_sha, "names": names}
+    cached.write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    return result
 
 
 def bm3d_run(data_root: Path, name: str, limit: int, out: Path) -> dict:
-    """CBM3D on the first `limit` images, noise-bearing cells; reused from `out` when it already holds that run."""
+    """CBM3D on the first `limit` images, noise-bearing cells; reused from `out` when it already holds that run
+    (as `python -m evaluate --model identity --baseline bm3d --limit N ...` writes it)."""
     cached = out / "results.json"
     images, names = load_set(data_root, name, limit)
-    sigmas = [s for s in GRID_SIGMAS if s > 0]
+    cells = [(s, q) for s in GRID_SIGMAS if s > 0 for q in GRID_QUALITIES]
     if cached.exists():
         result = json.loads(cached.read_text())
-        cells = [(c["sigma"], c["quality"]) for c in result["cells"]]
-        if result.get("names") == names and cells == [(s, q) for s in sigmas for q in GRID_QUALITIES]:
-            return result
-    result = run(None, images, names, "real", sigmas, GRID_QUALITIES, out, baseline="bm3d")
-    result["names"] = names
+        if [Path(i).stem for i in result.get("images", [])] == names and [
+            (c["sigma"], c["quality"]) for c in result["cells"]
+        ] == cells:
+            return result | {"names": names}
+    result = run(None, images, names, "real", [s for s in GRID_SIGMAS if s > 0], GRID_QUALITIES, out, "bm3d")
+    result["images"] = names
     cached.write_text(json.dumps(_jsonable(result), indent=2) + "\n")
-    return result
+    return result | {"names": names}
 
 
 def bm3d_summary(bm3d: dict, real: dict) -> dict:
@@ -141,24 +162,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data" / "test")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "release", help="full evaluation outputs")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "results", help="results.json and crops")
-    parser.add_argument("--bm3d-limit", type=int, default=3, help="images per set for CBM3D (0 = skip)")
+    parser.add_argument("--bm3d-limit", type=int, help=f"images per set for CBM3D (0 = skip; default {BM3D_IMAGES})")
     parser.add_argument("--readme", type=Path, nargs="*", default=[ROOT / "README.md", ROOT / "weights" / "README.md"])
     args = parser.parse_args(argv)
     model = load_model_arg(str(args.model))
-    runs, bm3d = {}, {}
+    runs, bm3d, model_sha = {}, {}, sha256(args.model)
     for name in SETS:
         images, names = load_set(args.data_root, name)
-        runs[name, "anchor"] = run(model, images, names, "anchor", ANCHOR_SIGMAS, (None,), args.out / f"{name}_anchor")
-        runs[name, "real"] = run(model, images, names, "real", GRID_SIGMAS, GRID_QUALITIES, args.out / f"{name}_real")
-        if args.bm3d_limit:
-            bm3d[name] = bm3d_run(args.data_root, name, args.bm3d_limit, args.out / f"bm3d_{name}")
+        for protocol, sigmas, qualities in (("anchor", ANCHOR_SIGMAS, (None,)), ("real", GRID_SIGMAS, GRID_QUALITIES)):
+            out = args.out / f"{name}_{protocol}"
+            runs[name, protocol] = run(model, images, names, protocol, sigmas, qualities, out, model_sha=model_sha)
+    for name in SETS:  # last: a CBM3D run already in --out (it does not depend on the model) is reused
+        limit = BM3D_IMAGES[name] if args.bm3d_limit is None else args.bm3d_limit
+        if limit:
+            bm3d[name] = bm3d_run(args.data_root, name, limit, args.out / f"bm3d_{name}")
     args.docs.mkdir(parents=True, exist_ok=True)
     crops = copy_crops(args.out / "Kodak24_real", args.docs)
     if getattr(model, "film", None) is not None:
         images, names = load_set(args.data_root, "Kodak24", 1)
         rows = strength_figure(model, images[0], STRENGTH_CELL, STRENGTH_TOLD, args.docs / "strength.png")
         crops.append({"strength": rows, "file": "strength.png", "name": names[0], "cell": STRENGTH_CELL.name})
-    command = f"python -m evaluate.release --model {args.model} --bm3d-limit {args.bm3d_limit}"
+    command = f"python -m evaluate.release --model {display_path(args.model)}" + (
+        "" if args.bm3d_limit is None else f" --bm3d-limit {args.bm3d_limit}"
+    )
     summary = summarise(args.model, model, runs, bm3d, crops, command)
     (args.docs / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     for readme in args.readme:

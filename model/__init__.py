@@ -24,7 +24,7 @@ from model.resnet import ResNet
 MODELS: dict[str, type[nn.Module]] = {"nafnet": NAFNet, "resnet": ResNet}
 
 # The model the repository ships: what `infer`, `demo` and the exports use when no model is named.
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "nafnet16-cbsd432.pt"
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "nafnet16-strength-cbsd432.pt"
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel / AveragedModel, torch.compile
 

@@ -36,7 +36,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Pyt
 expect = sync_api.expect
 
 from conftest import natural_image  # noqa: E402
-from test_demo import assert_close8, expected_restore, free_port, save, write_tiny_checkpoint  # noqa: E402
+from test_demo import assert_close8, expected_restore, save, write_tiny_checkpoint  # noqa: E402
+from test_demo_server import free_port  # noqa: E402
 
 from demo.app import build_app, serve  # noqa: E402
 from infer.backends import open_backend  # noqa: E402

@@ -1,0 +1,73 @@
+"""The published results: README blocks are exactly what `evaluate.release` renders from docs/results/results.json,
+that file describes the shipped model, and a few of its per-image figures are re-measured here within 0.05 dB."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA
+
+from evaluate.harness import evaluate
+from evaluate.release import CHECK_IMAGES, load_set, sha256
+from evaluate.release_report import BEGIN, END, bars, render, replace_block
+from model import SHIPPED_MODEL, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results" / "results.json"
+TOLERANCE_DB = 0.05
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict:
+    return json.loads(RESULTS.read_text())
+
+
+def test_results_describe_the_shipped_model(summary):
+    assert summary["model_sha256"] == sha256(SHIPPED_MODEL), "re-run python -m evaluate.release for the new model"
+    assert (ROOT / summary["model"]).resolve() == SHIPPED_MODEL.resolve()
+
+
+@pytest.mark.parametrize("readme", ["README.md", "weights/README.md"])
+def test_readme_blocks_are_generated_not_typed(summary, readme):
+    text = (ROOT / readme).read_text()
+    block = BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
+    assert block == render(summary, (ROOT / readme).parent, RESULTS.parent)
+    for crop in summary["crops"]:
+        assert (RESULTS.parent / crop["file"]).is_file()
+
+
+def test_bars_notice_a_cell_that_fails(summary):
+    broken = json.loads(json.dumps(summary))
+    cell = broken["real"]["Kodak24"][3]
+    cell["psnr_model"], cell["psnr_gain"] = cell["psnr_input"] - 0.1, -0.1
+    clean_cell = next(c for c in broken["real"]["CBSD68"] if c["sigma"] == 0 and c["quality"] is None)
+    clean_cell["psnr_model"] = 44.9
+    met = {what: ok for what, ok, _ in bars(broken)}
+    assert not met["gains in every degraded real-protocol cell"]
+    assert not met["leaves clean images alone (45 dB or more)"]
+
+
+def test_replace_block_keeps_the_rest(tmp_path):
+    path = tmp_path / "R.md"
+    path.write_text(f"head\n{BEGIN}\nold\n{END}\ntail\n")
+    replace_block(path, f"{BEGIN}\nnew\n{END}")
+    assert path.read_text() == f"head\n{BEGIN}\nnew\n{END}\ntail\n"
+
+
+@pytest.mark.shared
+def test_stored_per_image_figures_are_reproduced(summary):
+    if not (SHARED_DATA / "test").is_dir():
+        pytest.skip(f"{SHARED_DATA / 'test'} is absent (the shared data set is optional)")
+    model = load_model(SHIPPED_MODEL)
+    for name in sorted({row["set"] for row in summary["check"]}):
+        images, names = load_set(SHARED_DATA / "test", name, CHECK_IMAGES)
+        for protocol in ("anchor", "real"):
+            rows = [r for r in summary["check"] if (r["set"], r["protocol"]) == (name, protocol)]
+            cells = sorted({(r["sigma"], r["quality"]) for r in rows}, key=str)
+            for sigma, quality in cells:
+                result = evaluate(model, images, [sigma], [quality], protocol, "cpu", names=names, progress=False)
+                measured = {r["index"]: r["psnr_model"] for r in result["per_image"]}
+                for row in (r for r in rows if (r["sigma"], r["quality"]) == (sigma, quality)):
+                    assert abs(measured[row["index"]] - row["psnr_model"]) <= TOLERANCE_DB, (row, measured)
