@@ -18,6 +18,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.blocks import NAFBlock
 from model.nafnet import NAFNet
 from model.resnet import ResNet
 
@@ -160,18 +161,30 @@ def load_strict(model: nn.Module, state: dict[str, Any], what: str) -> None:
 
 
 def warm_start(model: nn.Module, path: str | os.PathLike, new_prefixes: tuple[str, ...] = ("film.",)) -> list[str]:
-    """Start `model` from the weights in `path` (EMA preferred), e.g. a conditioned model from a blind one: keys
-    under `new_prefixes` may be missing from the file (they keep their initialisation, which leaves the loaded
-    model's function unchanged); any other mismatch fails. Returns the keys that kept their initialisation."""
+    """Start `model` from the weights in `path` (EMA preferred), e.g. a conditioned model from a blind one, or a
+    deeper one from a shallower one: keys under `new_prefixes`, and whole NAFBlocks the file lacks, may be missing
+    (they keep their initialisation, the identity, so the loaded model's function is unchanged); any other mismatch
+    fails. Returns the keys that kept their initialisation."""
     state, _, _ = select_state(torch.load(path, map_location="cpu", weights_only=True), use_ema=True)
+    state = strip_prefixes(state)
     try:
-        result = model.load_state_dict(strip_prefixes(state), strict=False)
+        result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
         raise ValueError(f"weights in {path} do not fit the model: {err}") from err
-    wrong = [k for k in result.missing_keys if not k.startswith(new_prefixes)] + list(result.unexpected_keys)
+    allowed = new_prefixes + _new_blocks(model, state)
+    wrong = [k for k in result.missing_keys if not k.startswith(allowed)] + list(result.unexpected_keys)
     if wrong:
         raise ValueError(f"weights in {path} do not match the model: e.g. {wrong[:3]}")
     return list(result.missing_keys)
+
+
+def _new_blocks(model: nn.Module, state: dict[str, Any]) -> tuple[str, ...]:
+    """Prefixes of the model's NAFBlocks none of whose weights are in `state` (a fresh NAFBlock is the identity)."""
+    return tuple(
+        f"{name}."
+        for name, module in model.named_modules()
+        if isinstance(module, NAFBlock) and not any(key.startswith(f"{name}.") for key in state)
+    )
 
 
 __all__ = [

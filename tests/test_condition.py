@@ -60,6 +60,23 @@ def test_warm_start_refuses_other_architectures(tmp_path):
         warm_start(create_model("nafnet", conditioned=True, **SMALL), tmp_path / "r.pt")
 
 
+def test_warm_start_adds_whole_new_blocks_as_the_identity_and_refuses_half_blocks(tmp_path):
+    shallow = randomise_(create_model("nafnet", **SMALL))
+    torch.save({"model": model_state(shallow), "model_name": "nafnet", "model_kwargs": SMALL}, tmp_path / "s.pt")
+    deeper = create_model("nafnet", **(SMALL | {"enc_blocks": (2, 1), "dec_blocks": (2, 1)}))
+    added = warm_start(deeper, tmp_path / "s.pt")
+    assert {k.split(".")[0] + "." + k.split(".")[1] + "." + k.split(".")[2] for k in added} == {
+        "encoders.0.1", "decoders.1.1"}  # fmt: skip
+    x = torch.rand(2, 3, 21, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(x), shallow(x))
+    state = model_state(shallow)
+    state.pop("encoders.0.0.beta")  # an old block missing part of its weights is not a new block
+    torch.save(state, tmp_path / "half.pt")
+    with pytest.raises(ValueError, match="do not match"):
+        warm_start(create_model("nafnet", **SMALL), tmp_path / "half.pt")
+
+
 def test_unclipped_share_is_float_awgn_and_only_without_jpeg():
     cfg = DegradeConfig(p_unclipped=0.5, curriculum=False, sigma_min_255=40.0)
     params = sample_params(400, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
