@@ -1,36 +1,46 @@
-"""Restorers the harness can run: a trained model, the identity (restored = degraded) and BM3D.
+"""Restorers the harness can run: a trained model (blind, or told the true degradation), the identity (restored =
+degraded) and BM3D.
 
 A restorer maps a degraded `(1, 3, H, W)` float32 tensor on the evaluation device (values in [0, 1], or unbounded
-under the anchor protocol) and the true `sigma_255` to the restored `(1, 3, H, W)` tensor on the same device.
+under the anchor protocol) and the true cell (sigma on the 0-255 scale, JPEG quality or None) to the restored
+`(1, 3, H, W)` tensor on the same device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-Restorer = Callable[[torch.Tensor, float], torch.Tensor]
+from model.condition import encode_condition
+
+if TYPE_CHECKING:
+    from evaluate.protocols import Cell
+
+Restorer = Callable[[torch.Tensor, "Cell"], torch.Tensor]
 
 BASELINES = ("bm3d",)
 
 
-def identity_restorer(degraded: torch.Tensor, sigma_255: float) -> torch.Tensor:
+def identity_restorer(degraded: torch.Tensor, cell: Cell) -> torch.Tensor:
     """No restoration: the degraded input itself (the harness's 'identity' model and the input baseline)."""
     return degraded
 
 
-def model_restorer(model: nn.Module) -> Restorer:
-    """Wrap a blind restoration model (eval mode, (N, 3, H, W) in and out) as a restorer; sigma is not passed."""
+def model_restorer(model: nn.Module, told: bool = False) -> Restorer:
+    """Wrap a restoration model (eval mode, (N, 3, H, W) in and out) as a restorer: blind, or for a conditioned
+    model `told` the cell's true sigma and quality (the strength control, as CBM3D and FFDNet are told sigma)."""
 
-    def restore(degraded: torch.Tensor, sigma_255: float) -> torch.Tensor:
+    def restore(degraded: torch.Tensor, cell: Cell) -> torch.Tensor:
+        condition = encode_condition(1, cell.sigma_255, cell.quality or 0, degraded.device) if told else None
         was_training = model.training  # a trainer's model goes back to its mode afterwards
         model.eval()
         try:
             with torch.inference_mode():
-                return model(degraded).float()
+                return (model(degraded, condition) if told else model(degraded)).float()
         finally:
             model.train(was_training)
 
@@ -47,11 +57,11 @@ def bm3d_restorer() -> Restorer:
     except ImportError as err:
         raise ImportError("the bm3d baseline needs the bm3d package: pip install bm3d (or the 'bench' extra)") from err
 
-    def restore(degraded: torch.Tensor, sigma_255: float) -> torch.Tensor:
-        if sigma_255 <= 0:
+    def restore(degraded: torch.Tensor, cell: Cell) -> torch.Tensor:
+        if cell.sigma_255 <= 0:
             return degraded
         noisy = degraded[0].permute(1, 2, 0).double().cpu().numpy()  # (H, W, 3) float, bm3d's layout
-        denoised = np.asarray(bm3d.bm3d_rgb(noisy, sigma_255 / 255.0), dtype=np.float32)
+        denoised = np.asarray(bm3d.bm3d_rgb(noisy, cell.sigma_255 / 255.0), dtype=np.float32)
         return torch.from_numpy(denoised).permute(2, 0, 1)[None].to(degraded.device)
 
     return restore

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (auto: cuda, else mps, else cpu)")
     parser.add_argument("--baseline", choices=BASELINES, default=None, help="also run a classical baseline (slow)")
+    parser.add_argument("--told", action="store_true", help="also run a conditioned model told the true sigma/quality")
     parser.add_argument("--crops-per-cell", type=int, default=2, help="comparison crops saved per cell")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         y_channel=args.y,
         crop_border=args.crop_border,
         baseline=args.baseline,
+        told=args.told,
         crops_per_cell=args.crops_per_cell,
         progress=not args.quiet,
     )

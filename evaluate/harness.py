@@ -55,7 +55,7 @@ def _run_image(
     degraded = degrade(clean8, cell, index, setup["protocol"])[None].to(device)
     views = {"input": quantise(degraded)}
     for method, restore in restorers.items():
-        views[method] = quantise(restore(degraded, cell.sigma_255))
+        views[method] = quantise(restore(degraded, cell))
     row: dict = {"cell": cell.name, "sigma": cell.sigma_255, "quality": cell.quality, "index": index}
     for method, view in views.items():
         row[f"psnr_{method}"], row[f"ssim_{method}"] = _measure(view, clean, setup["y_channel"], setup["crop_border"])
@@ -85,9 +85,14 @@ def _summarise(cell: Cell, rows: list[dict], methods: Sequence[str], seconds: fl
     return summary
 
 
-def _restorers(model: nn.Module | None, baseline: str | None, device: torch.device) -> dict[str, Restorer]:
-    """The methods to run besides the input: 'model' (or the identity when model is None) and the baseline."""
+def _restorers(model: nn.Module | None, baseline: str | None, device: torch.device, told: bool) -> dict[str, Restorer]:
+    """The methods to run besides the input: 'model' (or the identity when model is None), 'told' (the model told
+    the true sigma and quality; conditioned models only) and the baseline."""
     restorers = {"model": identity_restorer if model is None else model_restorer(model.to(device))}
+    if told:
+        if getattr(model, "film", None) is None:
+            raise ValueError("told=True needs a conditioned model (one built with conditioned=True)")
+        restorers["told"] = model_restorer(model, told=True)
     if baseline:
         restorers[baseline] = make_baseline(baseline)
     return restorers
@@ -128,6 +133,7 @@ def evaluate(
     y_channel: bool = False,
     crop_border: int = 0,
     baseline: str | None = None,
+    told: bool = False,
     tile: int = 64,
     crops_per_cell: int = 2,
     worst: int = 6,
@@ -135,13 +141,14 @@ def evaluate(
 ) -> dict:
     """Evaluate `model` (None = identity) on clean (H, W, 3) uint8 `images` over every sigma x quality cell.
 
+    `told`: also run the (conditioned) model told each cell's true sigma and quality, as method "told".
     Returns a JSON-ready dict (`protocol`, `metric`, `cells`, `per_image`, `tile_classes`, `worst_*`, `messages`,
     ...) plus `samples`: comparison crops and failure crops as (3, h, w) CPU tensors, for the report writers.
     """
     device = resolve_device(device) if isinstance(device, str) else device
     names = list(names) if names is not None else [f"image{i:03d}" for i in range(len(images))]
     cells, messages = make_cells(list(sigmas), list(qualities), protocol)
-    restorers = _restorers(model, baseline, device)
+    restorers = _restorers(model, baseline, device, told)
     methods = ("input", *restorers)
     setup = {"device": device, "protocol": protocol, "y_channel": y_channel, "crop_border": crop_border, "tile": tile}
     setup["classes"] = {}

@@ -3,6 +3,7 @@ Kodak24 and writes what the README shows, so no figure there is typed by hand.
 
 Runs (each also written in full, with plots and failure report, under `--out`):
 - anchor protocol (noise only, unclipped, `np.random.seed(0)`), sigma 15 / 25 / 50, next to the published figures;
+  a conditioned model runs blind and told the true sigma (as CBM3D and FFDNet are);
 - real protocol (noise, 8 bits, libjpeg 4:2:0), sigma {0, 5, 15, 25, 50} x quality {10, 30, 50, 90, none};
 - CBM3D told the true sigma (`bm3d` package) on the first `--bm3d-limit` images, noise-bearing cells; it does not
   depend on the model, so its run is reused from `--out` when the same images and cells were measured before.
@@ -53,9 +54,11 @@ def load_set(data_root: Path, name: str, limit: int | None = None) -> tuple[list
     return [load_rgb8(p).copy() for p in paths], [p.stem for p in paths]
 
 
-def run(model, images, names, protocol, sigmas, qualities, out: Path, baseline=None, model_sha: str = "") -> dict:
+def run(
+    model, images, names, protocol, sigmas, qualities, out: Path, baseline=None, model_sha: str = "", told=False
+) -> dict:
     """One `evaluate` run, written in full under `out`; returns the result without its crops. A run of the same
-    model file (sha256), images and cells already in `out` is reused: every figure is deterministic."""
+    model file (sha256), images, cells and methods already in `out` is reused: every figure is deterministic."""
     cached = out / "results.json"
     if model_sha and cached.exists():
         result = json.loads(cached.read_text())
@@ -64,9 +67,10 @@ def run(model, images, names, protocol, sigmas, qualities, out: Path, baseline=N
             result.get("model_sha256") == model_sha
             and result.get("names") == names
             and cells == [(s, q) for s in sigmas for q in qualities]
+            and ("told" in result["methods"]) == told
         ):
             return result
-    result = evaluate(model, images, sigmas, qualities, protocol, "auto", names=names, baseline=baseline)
+    result = evaluate(model, images, sigmas, qualities, protocol, "auto", names=names, baseline=baseline, told=told)
     write_outputs(result, out)
     result = {k: v for k, v in result.items() if k != "samples"} | {"model_sha256": model_sha, "names": names}
     cached.write_text(json.dumps(_jsonable(result), indent=2) + "\n")
@@ -105,10 +109,11 @@ def bm3d_summary(bm3d: dict, real: dict) -> dict:
 
 
 def check_rows(name: str, protocol: str, result: dict) -> list[dict]:
+    """Per-image figures the test re-measures: the blind model's, and the told model's where it ran."""
     wanted = set(CHECK_CELLS[protocol])
     return [
         {"set": name, "protocol": protocol, "sigma": r["sigma"], "quality": r["quality"], "index": r["index"],
-         "name": r["name"], "psnr_model": r["psnr_model"]}
+         "name": r["name"], "psnr_model": r["psnr_model"]} | ({"psnr_told": r["psnr_told"]} if "psnr_told" in r else {})
         for r in result["per_image"] if r["index"] < CHECK_IMAGES and (r["sigma"], r["quality"]) in wanted
     ]  # fmt: skip
 
@@ -167,18 +172,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model = load_model_arg(str(args.model))
     runs, bm3d, model_sha = {}, {}, sha256(args.model)
+    conditioned = getattr(model, "film", None) is not None
     for name in SETS:
         images, names = load_set(args.data_root, name)
         for protocol, sigmas, qualities in (("anchor", ANCHOR_SIGMAS, (None,)), ("real", GRID_SIGMAS, GRID_QUALITIES)):
             out = args.out / f"{name}_{protocol}"
-            runs[name, protocol] = run(model, images, names, protocol, sigmas, qualities, out, model_sha=model_sha)
+            told = conditioned and protocol == "anchor"  # noise only: told sigma, as CBM3D and FFDNet are
+            runs[name, protocol] = run(model, images, names, protocol, sigmas, qualities, out, None, model_sha, told)
     for name in SETS:  # last: a CBM3D run already in --out (it does not depend on the model) is reused
         limit = BM3D_IMAGES[name] if args.bm3d_limit is None else args.bm3d_limit
         if limit:
             bm3d[name] = bm3d_run(args.data_root, name, limit, args.out / f"bm3d_{name}")
     args.docs.mkdir(parents=True, exist_ok=True)
     crops = copy_crops(args.out / "Kodak24_real", args.docs)
-    if getattr(model, "film", None) is not None:
+    if conditioned:
         images, names = load_set(args.data_root, "Kodak24", 1)
         rows = strength_figure(model, images[0], STRENGTH_CELL, STRENGTH_TOLD, args.docs / "strength.png")
         crops.append({"strength": rows, "file": "strength.png", "name": names[0], "cell": STRENGTH_CELL.name})

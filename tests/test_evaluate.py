@@ -16,7 +16,7 @@ from PIL import Image
 from skimage.color import rgb2ycbcr
 from skimage.metrics import structural_similarity
 
-from evaluate.analysis import tile_classes
+from evaluate.analysis import quantise, tile_classes
 from evaluate.cli import main
 from evaluate.harness import evaluate
 from evaluate.metrics import metric_label, psnr, psnr_from_mse, rgb_to_y, ssim
@@ -211,3 +211,26 @@ def test_bm3d_baseline_denoises():
     result = evaluate(None, [image], [25], [None], "real", "cpu", baseline="bm3d", progress=False)
     cell = result["cells"][0]
     assert "bm3d" in result["methods"] and cell["psnr_bm3d"] > cell["psnr_input"] + 1
+
+
+def test_told_runs_a_conditioned_model_on_the_true_cell_and_needs_one():
+    from model import create_model
+    from model.condition import encode_condition
+
+    model = create_model("nafnet", width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), conditioned=True)
+    torch.manual_seed(0)
+    for param in model.parameters():  # fresh blocks and FiLM are the identity: make the condition matter
+        torch.nn.init.normal_(param, std=0.05)
+    clean8 = natural_image(24, 30, seed=3)
+    result = evaluate(model, [clean8], [25.0], [30, None], "real", "cpu", told=True, progress=False)
+    assert result["methods"] == ["input", "model", "told"]
+    for row in result["per_image"]:
+        cell = Cell(row["sigma"], row["quality"])
+        degraded = degrade_real(clean8, cell, 0)[None]
+        with torch.no_grad():
+            told = model.eval()(degraded, encode_condition(1, cell.sigma_255, cell.quality or 0))
+        assert row["psnr_told"] == pytest.approx(float(psnr(quantise(told), _batch(clean8))[0]), abs=1e-4)
+        assert row["psnr_told"] != pytest.approx(row["psnr_model"], abs=1e-3)
+    blind = create_model("nafnet", width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,))
+    with pytest.raises(ValueError, match="conditioned"):
+        evaluate(blind, [clean8], [25.0], [None], "real", "cpu", told=True, progress=False)
