@@ -80,7 +80,7 @@ def bars(summary: dict) -> list[tuple[str, bool, str]]:
     cbsd = summary["anchor"]["CBSD68"]
     fmt = ", ".join
     anchor = []
-    for key, how in (("psnr_model", ""), ("psnr_told", ", told the true sigma as CBM3D is")):
+    for key, how in (("psnr_model", ""), ("psnr_told", ", told the true sigma")):
         if not all(key in c for c in cbsd):
             continue
         for method, level in (("CBM3D", "minimum bar"), ("DnCNN", "target")):
