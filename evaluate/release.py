@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         for protocol, sigmas, qualities in (("anchor", ANCHOR_SIGMAS, (None,)), ("real", GRID_SIGMAS, GRID_QUALITIES)):
             out = args.out / f"{name}_{protocol}"
             told = conditioned and protocol == "anchor"  # noise only: told sigma, as CBM3D and FFDNet are
-            runs[name, protocol] = run(model, images, names, protocol, sigmas, qualities, out, None, model_sha, told)
+            runs[name, protocol] = run(
+                model, images, names, protocol, sigmas, qualities, out, model_sha=model_sha, told=told
+            )
     for name in SETS:  # last: a CBM3D run already in --out (it does not depend on the model) is reused
         limit = BM3D_IMAGES[name] if args.bm3d_limit is None else args.bm3d_limit
         if limit:
