@@ -57,3 +57,11 @@ def test_pillow_simd_is_the_loaded_pil_where_requested():
     assert any(str(f).startswith("PIL/") for f in dist.files)
     with pytest.raises(importlib.metadata.PackageNotFoundError):
         importlib.metadata.distribution("pillow")
+
+
+def test_pillow_has_every_codec_users_need():
+    """The environment scripts/venv.sh (the README's fresh-machine path) builds must read WebP, AVIF, compressed TIFF
+    and the rest: a Pillow built without a codec's headers silently lacks it (pillow-simd on a bare machine)."""
+    from pipeline.codecs import missing_codecs
+
+    assert missing_codecs() == [], "this Pillow lacks codecs: rerun scripts/venv.sh (see python -m pipeline.codecs)"
