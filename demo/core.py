@@ -20,7 +20,7 @@ from PIL import Image
 from evaluate.metrics import SSIM_WINDOW, psnr, ssim
 from infer.tiling import restore
 from model.condition import encode_condition
-from pipeline.io import ImageError, load_rgb8, save_png, to_rgb8_array, to_tensor
+from pipeline.io import READABLE, ImageError, load_rgb8, save_png, to_rgb8_array, to_tensor
 from pipeline.reference import degrade_reference
 
 DEFAULT_MAX_PIXELS = 24_000_000  # larger uploads are refused before decoding; large ones below it run in tiles
@@ -75,7 +75,8 @@ def describe_conversion(path: str | os.PathLike) -> tuple[str, ...]:
         args = img.tile[0].args if img.tile else ""  # the decoder's raw mode, e.g. "RGB;16B" for 48-bit PNG
         rawmode = str(args[0] if isinstance(args, tuple) and args else args)  # read before getexif() loads a PNG
         mode, info, orientation = img.mode, img.info, img.getexif().get(EXIF_ORIENTATION_TAG, 1)
-    notes = []
+        frames = getattr(img, "n_frames", 1)
+    notes = [f"animated ({frames} frames): only the first frame is used"] if frames > 1 else []
     if orientation not in (0, 1):
         notes.append(f"EXIF orientation {orientation}: pixels rotated/flipped upright")
     if mode.startswith("I;16"):
@@ -111,8 +112,10 @@ def _explain(name: str, err: ImageError, max_pixels: int) -> str:
         )
     if err.reason == "empty":
         return f"{name} is empty (zero bytes): nothing to restore."
+    if err.reason == "codec_missing":  # the file is fine; this Pillow build lacks its decoder
+        return f"{name}: {str(err).split(': ', 1)[1]}"
     if err.reason == "unreadable":
-        return f"{name} is not an image this demo can read (JPEG, PNG, BMP, TIFF or WebP), whatever its name says."
+        return f"{name} is not an image this demo can read ({READABLE}), whatever its name says."
     return f"{name} is a damaged image file ({err.reason}): {err}"
 
 

@@ -118,6 +118,8 @@ def _run(backend: Backend, jobs: list[Job], args: argparse.Namespace, condition:
             bar.update(1)
             yield job, describe_error(error)
             continue
+        for note in loaded.notes:  # e.g. only the first frame of an animation, 16 bits reduced to 8
+            tqdm.write(f"note: {job.source}: {note}", file=sys.stderr)
         group = pending.setdefault(loaded.rgb8.shape[:2], [])
         group.append((job, loaded))
         if len(group) >= args.batch or sum(map(len, pending.values())) >= 4 * args.batch:

@@ -1,12 +1,14 @@
 """Files for the inference CLI: which inputs, where each output goes, reading with metadata, atomic PNG writing.
 
-Inputs are files (any name: the decoder decides), directories (searched recursively for `pipeline.io.IMAGE_SUFFIXES`)
-and glob patterns (expanded here too, for shells that do not, `**` included). Each output is
-`OUT / <path relative to the directory argument or the glob's fixed prefix>` with the suffix `.png`; a plain file
-argument goes to `OUT / <name>.png`. Outputs keep the source's ICC profile (when it describes RGB: a CMYK or gray
-profile no longer fits the converted pixels) and its EXIF block with the orientation reset to 1 (the pixels are
-already upright). PNGs are written to a temporary file in the target folder and renamed into place, so an
-interrupted job never leaves a partial PNG under the final name.
+Inputs are files (any name: the decoder decides), directories (searched recursively for
+`pipeline.io.IMAGE_SUFFIXES`) and glob patterns (expanded here too, for shells that do not, `**` included). What a
+folder holds but cannot be read (a dangling symlink, a symlink loop, a subfolder without permission) is named as a
+failure, never dropped. Each output is `OUT / <path relative to the directory argument or the glob's fixed prefix>`
+with the suffix `.png`; a plain file argument goes to `OUT / <name>.png`. Outputs keep the source's ICC profile
+(when it describes RGB: a CMYK or gray profile no longer fits the converted pixels) and its EXIF block with the
+orientation reset to 1 (the pixels are already upright). PNGs are written to a temporary file in the target folder
+and renamed into place, so an interrupted job never leaves a partial PNG under the final name, and the next write of
+that output removes what a killed job left behind (`.NAME.*.partial`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.io import IMAGE_SUFFIXES, ImageError, open_image, to_rgb8
+from pipeline.io import IMAGE_SUFFIXES, READABLE, ImageError, input_notes, open_image, to_rgb8
+from pipeline.scan import scan_folder, unusable_entry
 
 EXIF_ORIENTATION_TAG = 0x0112
 _REASONS = {
     "empty": "empty file (zero bytes)",
-    "unreadable": "not an image that can be read (JPEG, PNG, BMP, TIFF or WebP expected)",
+    "unreadable": f"not an image that can be read ({READABLE} expected)",
+    "not_a_file": "not a file",
     "corrupt": "damaged image file",
     "truncated": "truncated image file",
     "too_large": "too large (refused before decoding)",
@@ -47,28 +51,32 @@ class Loaded:
     rgb8: np.ndarray
     icc_profile: bytes | None
     exif: bytes | None
+    notes: tuple[str, ...] = ()  # what normalisation dropped (later frames, bits beyond 8), for the user
 
 
 def collect_inputs(arguments: list[str], exclude: Path | None = None) -> tuple[list[tuple[Path, Path]], list[str]]:
     """`(source, path relative to its argument)` for every input, in argument order without duplicates, and one
-    failure message per argument that names nothing usable. Files under `exclude` (the output folder) are skipped."""
+    failure message per argument that names nothing usable or entry that cannot be read. Files under `exclude` (the
+    output folder) are skipped."""
     pairs, failures, seen = [], [], set()
     excluded = exclude.resolve() if exclude is not None else None
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            found = [(f, f.relative_to(path)) for f in _images_under(path)]
+            scan = scan_folder(path)
+            found = [(f, f.relative_to(path)) for f in scan.images]
+            failures += scan.problems
             what = f"{argument}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
         elif path.is_file():
             found, what = [(path, Path(path.name))], ""
         elif glob.has_magic(argument):
-            found = _glob_matches(argument)
+            found = _glob_matches(argument, failures)
             what = f"{argument}: no image files match this pattern"
         else:
-            failures.append(f"{argument}: no such file or directory")
+            failures.append(f"{argument}: {unusable_entry(path) or 'no such file or directory'}")
             continue
         found = [(s, r) for s, r in found if excluded is None or excluded not in s.resolve().parents]
-        if not found:
+        if not found and what:
             failures.append(what)
         for source, relative in found:
             key = source.resolve()
@@ -78,11 +86,7 @@ def collect_inputs(arguments: list[str], exclude: Path | None = None) -> tuple[l
     return pairs, failures
 
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _glob_matches(pattern: str) -> list[tuple[Path, Path]]:
+def _glob_matches(pattern: str, failures: list[str]) -> list[tuple[Path, Path]]:
     """Matches of a glob pattern relative to its fixed leading folders; matched folders are searched too."""
     parts = Path(pattern).parts
     fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
@@ -90,9 +94,13 @@ def _glob_matches(pattern: str) -> list[tuple[Path, Path]]:
     found = []
     for match in sorted(Path(m) for m in glob.glob(pattern, recursive=True)):
         if match.is_dir():
-            found.extend((f, f.relative_to(base)) for f in _images_under(match))
+            scan = scan_folder(match)
+            found.extend((f, f.relative_to(base)) for f in scan.images)
+            failures += scan.problems
         elif match.is_file() and match.suffix.lower() in IMAGE_SUFFIXES:
             found.append((match, match.relative_to(base)))
+        elif (reason := unusable_entry(match)) is not None:
+            failures.append(f"{match}: {reason}")
     return found
 
 
@@ -126,11 +134,13 @@ def read_image(path: Path) -> Loaded:
         if EXIF_ORIENTATION_TAG in fields:
             fields[EXIF_ORIENTATION_TAG] = 1
         exif = fields.tobytes()
-    return Loaded(np.asarray(to_rgb8(img)), icc, exif)
+    return Loaded(np.asarray(to_rgb8(img)), icc, exif, input_notes(img))
 
 
 def describe_error(err: Exception) -> str:
     """A user-facing line for a failed read."""
+    if isinstance(err, ImageError) and err.reason == "codec_missing":
+        return str(err).split(": ", 1)[1]  # the whole message: which support is missing, and the fix
     if isinstance(err, ImageError):
         detail = str(err).split(": ", 1)[1] if ": " in str(err) else ""
         return _REASONS.get(err.reason, err.reason) + (f" ({detail})" if detail else "")
@@ -154,6 +164,8 @@ def write_png(rgb8: np.ndarray, path: Path, icc_profile: bytes | None = None, ex
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):  # from a job killed mid-write
+        leftover.unlink(missing_ok=True)
 
 
 def _umask() -> int:

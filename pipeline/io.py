@@ -2,14 +2,20 @@
 
 Normalisation rule applied to every input image (packing, inference, demo), in this order:
 1. The file is opened and fully decoded; zero-byte, corrupt and truncated files raise `ImageError`.
-   Images above `max_pixels` are refused before decoding (decompression-bomb guard).
+   Images above `max_pixels` are refused before decoding (decompression-bomb guard). A file whose first bytes name a
+   format this Pillow build cannot decode (WebP, AVIF, compressed TIFF without their codecs; HEIC without the
+   optional pillow-heif) raises `ImageError("codec_missing")` saying so: the file is fine, the build is not.
+   Animated files (GIF, WebP, APNG) give their first frame (`input_notes` says so).
 2. EXIF orientation is applied (the pixels are rotated/flipped, the tag dropped).
 3. The mode becomes 8-bit RGB:
    - 16-bit and 32-bit integer grayscale (I;16*, I): rounded to 8 bits, v8 = round(v16 / 257);
    - float grayscale (F): taken as [0, 1] if its maximum is <= 1, else as [0, 255]; clipped, rounded;
    - 1-bit and grayscale (1, L): replicated to the three channels;
    - alpha (RGBA, LA, PA, palette with transparency): composited over white;
-   - palette, CMYK, YCbCr, LAB, HSV: Pillow's conversion to RGB (CMYK is converted naively, no ICC).
+   - palette, CMYK, YCbCr, LAB, HSV: Pillow's conversion to RGB (CMYK is converted naively, no ICC);
+   - 16 bits per channel RGB (PNG, TIFF): Pillow's decoder keeps the high byte (v8 = v16 >> 8).
+   Everything downstream is 8-bit: the model learns and restores 8-bit photos (JPEG is 8-bit), and outputs are
+   8-bit PNG, also for a 16-bit input (`input_notes` says it was reduced).
 """
 
 from __future__ import annotations
@@ -23,7 +29,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")  # compared lower-cased
+from pipeline.codecs import codec_missing_for, heif_available, missing_message, sniff_format
+
+if heif_available():  # the optional `heic` extra: Pillow then opens HEIC/HEIF files like any other
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
+IMAGE_SUFFIXES = (  # compared lower-cased
+    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif", ".gif",
+)  # fmt: skip
+READABLE = "JPEG, PNG, TIFF, WebP, AVIF, HEIC, BMP or GIF"  # for messages
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger images are refused as possible decompression bombs
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -43,27 +59,54 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
         if not source:
             raise ImageError("empty", "zero bytes")
         stream: io.BytesIO | Path = io.BytesIO(source)
+        head = source[:32]
     else:
         stream = Path(source)
+        if stream.is_dir():
+            raise ImageError("not_a_file", f"{source} is a folder")
         if stream.stat().st_size == 0:
             raise ImageError("empty", f"{source} has zero bytes")
+        with open(stream, "rb") as handle:
+            head = handle.read(32)
+    announced = sniff_format(head)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(stream)
             if img.width * img.height > max_pixels:
                 raise ImageError("too_large", f"{img.width}x{img.height} exceeds {max_pixels} pixels")
+            args = img.tile[0].args if img.tile else ""  # the decoder's raw mode, e.g. "RGB;16B" for 48-bit PNG
+            rawmode = str(args[0] if isinstance(args, tuple) and args else args)
             img.load()
+            img.info["source_rawmode"] = rawmode  # for `input_notes`: load() forgets it
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError("too_large", str(err)) from err
     except Image.UnidentifiedImageError as err:
-        raise ImageError("unreadable", str(err)) from err
+        if codec_missing_for(announced):
+            raise ImageError("codec_missing", missing_message(announced)) from err
+        if announced:  # the right signature, then nothing Pillow can parse: a damaged header
+            raise ImageError("corrupt", f"starts like a {announced} file but its header does not decode") from err
+        raise ImageError("unreadable", f"its first bytes match no image format; {READABLE} expected") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
+        if "not available" in str(err) or codec_missing_for(announced):  # e.g. "decoder libtiff not available"
+            raise ImageError("codec_missing", missing_message(announced or "TIFF")) from err
         reason = "truncated" if "truncated" in str(err).lower() else "corrupt"
         raise ImageError(reason, str(err)) from err
     return img
+
+
+def input_notes(img: Image.Image) -> tuple[str, ...]:
+    """What the normalisation rule drops from an image `open_image` returned, in words: later frames, bits beyond 8."""
+    notes = []
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        notes.append(f"animated ({frames} frames): only the first frame is used")
+    rawmode = img.info.get("source_rawmode", "")
+    if img.mode.startswith("I;16") or img.mode == "I" or ";16" in rawmode:
+        notes.append("16 bits per channel: reduced to 8 bits (the model and the PNG it writes are 8-bit)")
+    return tuple(notes)
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:

@@ -2,8 +2,10 @@
 
 Files are listed recursively and sorted, shuffled with the seed (DALI's reader shuffles only inside its
 `initial_fill` buffer, so shards must be pre-shuffled), validated and normalised (`shards.encode`), split into
-train/val, then cut into shards (`shards.writer.plan_shards`) and indexed for DALI. Unusable images are skipped
-and listed in the manifest with a reason; nothing is dropped silently.
+train/val, then cut into shards (`shards.writer.plan_shards`) and indexed for DALI. Unusable images and entries that
+cannot be read (dangling symlinks, symlink loops, unlistable folders) are skipped and listed in the manifest with a
+reason, files not named like images are listed as ignored; nothing is dropped silently. A folder with no usable
+image is refused (exit 1) with what was found there, and nothing is written.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from pipeline.io import DEFAULT_MAX_PIXELS
+from pipeline.scan import scan_folder
 from shards.encode import PNG_COMPRESS_LEVEL, Encoded, Skipped, encode_file, meta_bytes
 from shards.format import (
     FORMAT_VERSION,
@@ -45,17 +48,23 @@ def tool_version() -> str:
         return "unknown"
 
 
-def scan_sources(src: Path) -> tuple[list[str], int]:
-    """Image files under `src` (relative POSIX paths, sorted) and the count of other files ignored."""
-    images, ignored = [], 0
-    for path in src.rglob("*"):
-        if not path.is_file() or SPOOL in path.parts:
-            continue
-        if path.suffix.lower() in SOURCE_SUFFIXES:
-            images.append(path.relative_to(src).as_posix())
-        else:
-            ignored += 1
-    return sorted(images), ignored
+def scan_sources(src: Path) -> tuple[list[str], list[str], list[dict]]:
+    """Image files under `src` (relative POSIX paths, sorted), the other files (ignored, named), and a skipped entry
+    for each thing that cannot be read at all (dangling symlink, symlink loop, unlistable folder)."""
+    scan = scan_folder(src, skip=(SPOOL,))
+    images = [path.relative_to(src).as_posix() for path in scan.images]
+    others = [path.relative_to(src).as_posix() for path in scan.others]
+    unusable = [
+        {"path": _relative(path, src), "reason": "unreadable_entry", "detail": why} for path, why in scan.unusable
+    ]
+    return images, others, unusable
+
+
+def _relative(path: Path, src: Path) -> str:
+    try:
+        return path.relative_to(src).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def encode_all(src: Path, sources: list[str], min_side: int, max_pixels: int, workers: int) -> Iterator:
@@ -135,14 +144,19 @@ def pack(
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise NotADirectoryError(f"{src} is not a folder")
-    sources, ignored = scan_sources(src)
+    sources, ignored, unusable = scan_sources(src)
     random.Random(seed).shuffle(sources)
+    if not sources:
+        raise ValueError(f"{src}: no image files to pack{_what_was_there(ignored, unusable)}")
     clear_previous(out)
     spool = out / SPOOL
     spool.mkdir(parents=True)
     try:
         results = encode_all(src, sources, min_side, max_pixels, workers)
         kept, skipped = spool_samples(results, len(sources), spool)
+        skipped += unusable
+        if not kept:
+            raise ValueError(f"{src}: none of its {len(sources)} image files can be used{_what_was_there([], skipped)}")
         splits = split_samples(kept, val_fraction)
         max_bytes = int(max_shard_mb * 2**20)
         shards = write_split(out, "train", splits["train"], 0, min_shards, max_bytes)
@@ -163,8 +177,20 @@ def pack(
     return manifest
 
 
+def _what_was_there(ignored: list[str], skipped: list[dict], show: int = 10) -> str:
+    """`; skipped: A (reason: detail), ...; ignored (not images by name): B, ...` for an error message."""
+    parts = []
+    if skipped:
+        listed = ", ".join(f"{e['path']} ({e['reason']}: {e['detail']})" for e in skipped[:show])
+        parts.append(f"skipped: {listed}" + (f" and {len(skipped) - show} more" if len(skipped) > show else ""))
+    if ignored:
+        listed = ", ".join(ignored[:show]) + (f" and {len(ignored) - show} more" if len(ignored) > show else "")
+        parts.append(f"ignored (not images by name, {', '.join(SOURCE_SUFFIXES)} expected): {listed}")
+    return "".join(f"; {part}" for part in parts) if parts else " (the folder is empty)"
+
+
 def build_manifest(
-    tool: dict, args: dict, image_format: dict, splits: dict, shards: list, skipped: list, ignored: int
+    tool: dict, args: dict, image_format: dict, splits: dict, shards: list, skipped: list, ignored: list[str]
 ) -> dict:
     """The manifest: tool, creation args, stored format, per-split totals, per-shard entries, skipped inputs."""
     totals = {}
@@ -188,7 +214,8 @@ def build_manifest(
         "splits": totals,
         "shards": shards,
         "skipped": sorted(skipped, key=lambda entry: entry["path"]),
-        "ignored_files": ignored,
+        "ignored_files": len(ignored),
+        "ignored": ignored,  # files not named like images, each listed
     }
 
 
@@ -221,8 +248,12 @@ def print_summary(manifest: dict, seconds: float, show: int = 20) -> None:
     if len(manifest["skipped"]) > show:
         print(f"... {len(manifest['skipped']) - show} more skipped files listed in {MANIFEST}", file=sys.stderr)
     reasons = dict(sorted(Counter(entry["reason"] for entry in manifest["skipped"]).items()))
-    ignored = manifest["ignored_files"]
-    print(f"skipped {len(manifest['skipped'])} {reasons}, ignored {ignored} non-image files, {seconds:.1f} s")
+    ignored = manifest.get("ignored", [])
+    for path in ignored[:show]:
+        print(f"ignored {path}: not named like an image ({', '.join(SOURCE_SUFFIXES)})", file=sys.stderr)
+    if len(ignored) > show:
+        print(f"... {len(ignored) - show} more ignored files listed in {MANIFEST}", file=sys.stderr)
+    print(f"skipped {len(manifest['skipped'])} {reasons}, ignored {len(ignored)} non-image files, {seconds:.1f} s")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -242,7 +273,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
-    manifest = pack(args.src, args.out, **{k: v for k, v in vars(args).items() if k not in ("src", "out")})
+    try:
+        manifest = pack(args.src, args.out, **{k: v for k, v in vars(args).items() if k not in ("src", "out")})
+    except (ValueError, NotADirectoryError, FileExistsError) as err:
+        sys.exit(f"shards.pack: {err}")
     print_summary(manifest, time.perf_counter() - start)
 
 

@@ -96,6 +96,8 @@ def verify(folder: str | Path) -> list[str]:
     except (FileNotFoundError, ValueError) as err:
         return [str(err)]
     problems, seen = [], {}
+    if not manifest["shards"]:
+        problems.append("manifest: lists no shards (an empty pack): repack a folder that holds images")
     for entry in manifest["shards"]:
         shard_problems, keys = check_shard(folder, entry)
         problems += shard_problems
