@@ -152,7 +152,8 @@ def choices(cuda: bool, dali: dict, onnx: dict) -> dict:
     try:
         from pipeline.loader import resolve_backend
         from train.config import default_config
-        from train.loop import amp_dtype, pick_device
+        from train.loop import pick_device
+        from train.precision import amp_dtype
     except Exception as err:  # the report must still come out when the project itself does not import
         return {"error": f"the project does not import: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
 

@@ -1,4 +1,5 @@
-"""The validation set: the shards' `val` split, cropped, degraded once, deterministically, with real libjpeg.
+"""Validation sets: the shards' `val` split, or a folder of photos from outside the training collection, cropped,
+degraded once, deterministically, with real libjpeg.
 
 Every validation image gets `variants` parameter draws from the full degradation ranges (no curriculum), seeded by
 `seed` and the image's position, so the same shards and seed always give the same pixels. The noise is numpy's and
@@ -16,7 +17,7 @@ import webdataset as wds
 
 from pipeline.config import DegradeConfig
 from pipeline.degrade import PARAM_KEYS, sample_params
-from pipeline.io import decode_rgb8
+from pipeline.io import IMAGE_SUFFIXES, decode_rgb8, load_rgb8
 from pipeline.reference import degrade_reference
 from shards.format import IMAGE_EXTS, split_shards
 
@@ -70,6 +71,30 @@ def build_valset(
     images = read_split_images(shards_dir, "val", limit)
     if not images:
         raise ValueError(f"{shards_dir} has an empty val split: repack with a larger --val-fraction")
+    return degrade_images(images, cfg, seed, crop, variants)
+
+
+def read_folder_images(folder: str | Path) -> list[np.ndarray]:
+    """The image files directly in `folder`, sorted by name, as (H, W, 3) uint8 (EXIF-upright, gray -> RGB)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"validation folder {folder} does not exist (val.sets names a folder of images)")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"validation folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [load_rgb8(p) for p in paths]
+
+
+def build_folder_valset(
+    folder: str | Path, cfg: DegradeConfig, seed: int = 0, crop: int = 256, variants: int = 2
+) -> ValSet:
+    """A folder of photos degraded like the val split (same draws for the same seed); deterministic."""
+    return degrade_images(read_folder_images(folder), cfg, seed, crop, variants)
+
+
+def degrade_images(images: list[np.ndarray], cfg: DegradeConfig, seed: int, crop: int, variants: int) -> ValSet:
+    """Central crops (the largest square of at most `crop` that every image has), `variants` Pillow degradations
+    each, with parameters from the full ranges drawn by `seed`."""
     size = min(crop, *(min(a.shape[:2]) for a in images))
     generator = torch.Generator().manual_seed(seed)
     full_range = replace(cfg, curriculum=False, p_unclipped=0.0)  # validation images are real files: clipped

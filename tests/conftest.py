@@ -32,3 +32,25 @@ def shared_images(subset: str, limit: int) -> list[Path]:
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent (the shared data set is optional)")
     return sorted(folder.glob("*.png"))[:limit]
+
+
+# A trainer config that runs in seconds on a CPU (tests of the trainer and of what it feeds).
+TINY = [
+    "model.name=resnet",
+    "model.kwargs={width: 8, num_blocks: 2}",
+    "loader.batch_size=4",
+    "loader.patch_size=32",
+    "loader.workers=0",
+    "loader.crops_per_image=2",
+    "loader.shuffle_buffer=8",
+    "run.steps=12",
+    "run.log_every=2",
+    "run.val_every=6",
+    "run.ckpt_every=3",
+    "run.threads=1",
+    "run.sanity_steps=1000",
+    "optim.warmup_steps=3",
+    "val.crop=48",
+    "val.variants=2",
+    "log.wandb=off",
+]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import natural_image
+from conftest import TINY, natural_image
 from PIL import Image
 
 from model import load_model
@@ -22,25 +22,6 @@ from train.config import OptimConfig, TrainConfig, default_config, load_config, 
 from train.loop import fit, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.name=resnet",
-    "model.kwargs={width: 8, num_blocks: 2}",
-    "loader.batch_size=4",
-    "loader.patch_size=32",
-    "loader.workers=0",
-    "loader.crops_per_image=2",
-    "loader.shuffle_buffer=8",
-    "run.steps=12",
-    "run.log_every=2",
-    "run.val_every=6",
-    "run.ckpt_every=3",
-    "run.threads=1",
-    "run.sanity_steps=1000",
-    "optim.warmup_steps=3",
-    "val.crop=48",
-    "val.variants=2",
-    "log.wandb=off",
-]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import DegradeConfig, LoaderConfig
+from train.precision import default_channels_last
 
 
 @dataclass
@@ -46,8 +47,8 @@ class RunConfig:
     steps: int = 2000
     seed: int = 0
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | off | bf16 | fp16
-    channels_last: bool = False  # set to true on CUDA by `default_config`
+    amp: str = "auto"  # auto (bf16 on CUDA and on a CPU with native bf16, fp32 elsewhere) | off | bf16 | fp16
+    channels_last: bool = False  # `default_config` sets it where it pays (train.precision.default_channels_last)
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU intra-op threads; 0 = cores - workers // 2 (2 threads: 27 img/s, 1: 15, on 2 cores)
     log_every: int = 20
@@ -62,6 +63,8 @@ class ValConfig:
     variants: int = 2  # degradations per val image
     batch_size: int = 8
     samples: int = 6  # rows of the degraded | restored | clean grid
+    sets: dict[str, str] = field(default_factory=dict)  # name: folder of photos validated besides the val split,
+    # each reported on its own; best.pt is chosen on the mean PSNR over all of them (docs: weights/README.md)
 
 
 @dataclass
@@ -92,7 +95,7 @@ def default_config(device_type: str) -> TrainConfig:
     else:
         cfg.model.kwargs = {"width": 32, "enc_blocks": [1, 1, 2, 4], "middle_blocks": 4, "dec_blocks": [1, 1, 1, 1]}
         cfg.loader = dataclasses.replace(cfg.loader, batch_size=32, patch_size=128, workers=min(8, cores))
-        cfg.run.channels_last = device_type == "cuda"
+    cfg.run.channels_last = default_channels_last(device_type)
     return cfg
 
 

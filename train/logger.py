@@ -84,13 +84,20 @@ class RunLogger:
         if not self.main:
             return
         self._write({"step": step, "val": result})
-        told = f", told sigma/quality {result['psnr_conditioned']:.2f}" if "psnr_conditioned" in result else ""
-        self.bar.write(f"step {step}: val PSNR {result['psnr_model']:.2f} dB (input {result['psnr_input']:.2f}{told}), "
-                       f"SSIM {result['ssim_model']:.4f} (input {result['ssim_input']:.4f})")  # fmt: skip
+        for name, one in result.get("sets", {"val": result}).items():
+            told = f", told sigma/quality {one['psnr_conditioned']:.2f}" if "psnr_conditioned" in one else ""
+            psnr = f"PSNR {one['psnr_model']:.2f} dB (input {one['psnr_input']:.2f}{told})"
+            self.bar.write(f"step {step}: {name}: {psnr}, SSIM {one['ssim_model']:.4f} (input {one['ssim_input']:.4f})")
+        if "psnr_select" in result and len(result["sets"]) > 1:
+            self.bar.write(
+                f"step {step}: mean over the {len(result['sets'])} validation sets {result['psnr_select']:.2f} dB"
+            )
         if self.wandb is not None:
             import wandb
 
             logged = {f"val/{k}": v for k, v in result.items() if isinstance(v, float)}
+            for name, one in result.get("sets", {}).items():
+                logged |= {f"val_{name}/{k}": v for k, v in one.items() if isinstance(v, float)}
             if "grid" in result:
                 logged["val/samples"] = wandb.Image(result["grid"], caption="degraded | restored | clean")
             self.wandb.log(logged, step=step)

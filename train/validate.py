@@ -1,4 +1,5 @@
-"""Validation on the real-libjpeg validation set: PSNR/SSIM overall and per degradation bucket, and a sample grid."""
+"""Validation on the real-libjpeg validation sets: PSNR/SSIM overall and per degradation bucket, and a sample grid,
+for the shards' val split and for each folder set (`val.sets`), reported one by one."""
 
 from __future__ import annotations
 
@@ -29,9 +30,33 @@ def _bucket_names(params: dict[str, torch.Tensor]) -> list[str]:
     return names
 
 
+def validate_sets(
+    model: torch.nn.Module,
+    valsets: dict[str, ValSet],
+    cfg: ValConfig,
+    device: torch.device,
+    samples_dir: Path,
+    step: int,
+) -> dict:
+    """The first set's result (the shards' val split) at the top level, every set's under `sets`, and `psnr_select`:
+    the mean model PSNR over the sets, each weighted alike, which picks best.pt."""
+    results = {}
+    for index, (name, valset) in enumerate(valsets.items()):
+        results[name] = validate(model, valset, cfg, device, samples_dir, step, "" if index == 0 else f"_{name}")
+    first = next(iter(results.values()))
+    select = sum(r["psnr_model"] for r in results.values()) / len(results)
+    return first | {"psnr_select": round(select, 4), "sets": results}
+
+
 @torch.no_grad()
 def validate(
-    model: torch.nn.Module, valset: ValSet, cfg: ValConfig, device: torch.device, samples_dir: Path, step: int
+    model: torch.nn.Module,
+    valset: ValSet,
+    cfg: ValConfig,
+    device: torch.device,
+    samples_dir: Path,
+    step: int,
+    suffix: str = "",
 ) -> dict:
     """Mean PSNR/SSIM of the input and of the model per (sigma bin, quality bin), and overall on the samples that
     were degraded (the untouched ones, sigma 0 and no JPEG, are reported in their own bucket); writes a grid PNG.
@@ -69,7 +94,7 @@ def validate(
     result["buckets"] = buckets
     if grid:
         samples_dir.mkdir(parents=True, exist_ok=True)
-        path = samples_dir / f"step_{step:07d}.png"
+        path = samples_dir / f"step_{step:07d}{suffix}.png"
         Image.fromarray(np.concatenate(grid, axis=0)).save(path)
         result["grid"] = str(path)
     return result
