@@ -15,6 +15,7 @@ class LoaderConfig:
     shuffle_buffer: int = 512  # crops held for shuffling (torch); DALI reader initial_fill in images
     prefetch: int = 2  # batches prepared ahead per worker
     seed: int = 0
+    max_bad_share: float = 0.02  # unreadable samples skipped (counted, warned) up to this share; past it the run stops
 
 
 @dataclass

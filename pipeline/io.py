@@ -142,8 +142,11 @@ def load_rgb8(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_P
 
 def decode_rgb8(data: bytes) -> np.ndarray:
     """Decode shard image bytes (already normalised at pack time) -> (H, W, 3) uint8 RGB array."""
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    except Image.UnidentifiedImageError as err:  # its message names a BytesIO object, which tells the user nothing
+        raise ImageError("corrupt", f"{len(data)} bytes that no longer decode as an image") from err
 
 
 def pil_jpeg(rgb8: np.ndarray, quality: int, subsampling: str = "4:2:0") -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Contract (STYLE.md section 3, produced here): an infinite iterator of `clean` batches, (N, 3, P, P) float32 RGB
 in [0, 1] on `device`, N = `cfg.batch_size`, P = `cfg.patch_size`. Both backends yield exactly this, so the
-trainer cannot tell them apart; it counts iterations, never epochs.
+trainer cannot tell them apart; it counts iterations, never epochs. Damaged shards and samples are left out and
+counted, and the run stops only past `cfg.max_bad_share` (`pipeline.health`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import LoaderConfig
+from pipeline.health import SkipCounter, check_shards
 from pipeline.loader_dali import check_dali_shuffle, dali_loader
 from pipeline.loader_torch import check_shard_count, torch_loader
 from shards.format import read_manifest, split_shards
@@ -72,11 +74,17 @@ def make_loader(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     device = torch.device(device)
-    manifest = read_manifest(shards_dir)
-    shards = split_shards(shards_dir, split)
+    folder = Path(shards_dir)
+    manifest = read_manifest(folder)
+    split_shards(folder, split)  # a clear error when the split has no shards
     check_config(manifest, split, cfg)
+    entries = [entry for entry in manifest["shards"] if entry["split"] == split]
+    usable, lost = check_shards(folder, entries, cfg.max_bad_share)  # missing or truncated tars: left out, named
+    shards = [folder / entry["name"] for entry in usable]
     if resolve_backend(cfg.backend) == "dali":
         check_dali_shuffle(manifest, split, cfg)
         return dali_loader(shards, cfg, device, rank, world_size)
     check_shard_count(len(shards), cfg.workers, world_size)
-    return torch_loader(shards, cfg, device, rank, world_size)
+    counter = SkipCounter(folder, sum(entry["samples"] for entry in entries), cfg.max_bad_share, lost)
+    expected = [entry["samples"] for entry in usable]
+    return torch_loader(shards, cfg, device, rank, world_size, expected=expected, counter=counter)

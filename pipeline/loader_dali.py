@@ -10,6 +10,8 @@ DALI's reader shuffles only inside `initial_fill` (DALI PR#6491), so shards must
 (`manifest["shuffled"]`); it reshuffles the order of the tars after each epoch and re-deals the samples to
 the ranks (each epoch the ranks together read every sample once; a rank's own set changes). The reader never stops:
 the iterator is built without `reader_name`/`size`, so epochs flow into each other (iterations, not epochs).
+DALI cannot skip a sample it fails to decode (its pipeline stops): shards missing or truncated are left out at start
+(`pipeline.health.check_shards`), and a damaged sample stops the run with `DataSkipLimit` naming the fix.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline.config import LoaderConfig
+from pipeline.health import DataSkipLimit
 from shards.format import DALI_EXT, index_name
 
 if TYPE_CHECKING:  # DALI is optional: imported only where a DALI loader is built
@@ -124,6 +127,12 @@ def _to_device(
         except StopIteration:
             iterator.reset()
             continue
+        except RuntimeError as err:  # DALI stops the pipeline on a sample it cannot read; it has no skip option
+            raise DataSkipLimit(
+                f"DALI could not read a training sample ({str(err).strip().splitlines()[0]}); DALI cannot skip damaged "
+                f"samples (loader.backend=torch skips and counts them): check the shards with `python -m shards.verify`"
+                f" and repack them with `python -m shards.pack`"
+            ) from err
         patches = outputs[0]["patches"]  # (N, K, 3, P, P) uint8
         if tuple(patches.shape) != expected:
             raise RuntimeError(f"DALI gave patches of shape {tuple(patches.shape)}, expected {expected}")

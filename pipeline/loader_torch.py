@@ -6,12 +6,20 @@ each sample exactly once. Workers decode with `pipeline.io.decode_rgb8`, cut `cr
 patches per image, flip/rotate each by a random element of the 8-element dihedral group (numpy, uint8), mix
 them in a shuffle buffer and emit uint8 CHW patches; the main process moves whole uint8 batches to the device
 and converts to float there ([DALI] `fast_collate`: 4x less host-to-device traffic than float32).
+
+Damaged data is skipped, not fatal (`pipeline.health`): a tar read error ends that shard (webdataset's handler
+continues with the next), a sample that does not decode is dropped, and a shard that yields fewer samples than its
+manifest entry (a truncated tar, a broken header) counts the missing ones; each is named in a warning and counted in
+a `SkipCounter` the trainer checks against `loader.max_bad_share`. `DeviceBatches.close()` stops the workers, so a
+run that stops on an error exits instead of waiting for workers that ignore SIGTERM.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import signal
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +29,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.config import LoaderConfig
+from pipeline.health import SkipCounter
 from pipeline.io import decode_rgb8
 from shards.format import IMAGE_EXTS
 
@@ -76,11 +85,19 @@ class PatchStream(IterableDataset):
     """Yields `(patch, key)`: a (3, P, P) uint8 tensor and the sample key it was cut from.
 
     `passes=None` repeats forever (training); a number stops after that many passes and drains the buffer
-    (used to check that a pass reads each sample exactly once).
+    (used to check that a pass reads each sample exactly once). `expected[i]` is the manifest's sample count of
+    `shards[i]`; with a `counter`, unreadable samples are skipped and counted, else they raise.
     """
 
     def __init__(
-        self, shards: list[Path], cfg: LoaderConfig, rank: int = 0, world_size: int = 1, passes: int | None = None
+        self,
+        shards: list[Path],
+        cfg: LoaderConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        passes: int | None = None,
+        expected: list[int] | None = None,
+        counter: SkipCounter | None = None,
     ):
         super().__init__()
         self.shards = [str(path) for path in shards]
@@ -88,6 +105,8 @@ class PatchStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.passes = passes
+        self.expected = expected
+        self.counter = counter
 
     def samples(self, worker: int, workers: int) -> Iterator[dict]:
         """Raw tar samples of this reader, pass after pass, each pass in a freshly shuffled shard order."""
@@ -96,7 +115,30 @@ class PatchStream(IterableDataset):
             mine = reader_shards(
                 len(self.shards), self.cfg.seed, pass_index, self.rank, self.world_size, worker, workers
             )
-            yield from wds.tariterators.tarfile_samples(iter([{"url": self.shards[i]} for i in mine]))
+            for i in mine:
+                yield from self.shard_samples(i)
+
+    def shard_samples(self, index: int) -> Iterator[dict]:
+        """The samples of one shard; with a counter, a read error ends the shard and the shortfall is counted."""
+        url = self.shards[index]
+        if self.counter is None:
+            yield from wds.tariterators.tarfile_samples(iter([{"url": url}]))
+            return
+        errors: list[str] = []
+
+        def handler(err: Exception) -> bool:
+            errors.append(f"{type(err).__name__}: {str(err.args[0] if err.args else err).split(' @ ')[0]}")
+            return True  # go on: webdataset ends this tar and continues with the next source
+
+        count = 0
+        for sample in wds.tariterators.tarfile_samples(iter([{"url": url}]), handler=handler):
+            count += 1
+            yield sample
+        missing = (self.expected[index] if self.expected else count) - count
+        if missing > 0 or errors:
+            why = errors[0] if errors else "the tar ends early or a damaged header hides them"
+            what = f"{max(missing, 0)} of its {self.expected[index] if self.expected else count} samples unread"
+            self.counter.skip(url, what, why, count=max(missing, 0))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
         info = get_worker_info()
@@ -108,8 +150,13 @@ class PatchStream(IterableDataset):
                 crops = random_crops(
                     decode_rgb8(_image_bytes(sample)), self.cfg.crops_per_image, self.cfg.patch_size, rng
                 )
-            except ValueError as err:
-                raise ValueError(f"sample {sample['__key__']} of {sample['__url__']}: {err}") from err
+            except (ValueError, OSError, SyntaxError, EOFError) as err:
+                if self.counter is None:
+                    raise ValueError(f"sample {sample['__key__']} of {sample['__url__']}: {err}") from err
+                self.counter.skip(sample["__url__"], f"sample {sample['__key__']}", f"{type(err).__name__}: {err}")
+                continue
+            if self.counter is not None:
+                self.counter.read()
             for crop in crops:
                 if len(buffer) < max(self.cfg.shuffle_buffer, 1):
                     buffer.append((crop, sample["__key__"]))
@@ -146,15 +193,55 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 
 
 def torch_loader(
-    shards: list[Path], cfg: LoaderConfig, device: torch.device, rank: int = 0, world_size: int = 1
-) -> Iterator[torch.Tensor]:
+    shards: list[Path],
+    cfg: LoaderConfig,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    expected: list[int] | None = None,
+    counter: SkipCounter | None = None,
+) -> DeviceBatches:
     """Infinite `clean` batches: (N, 3, P, P) float32 RGB in [0, 1] on `device`, converted there from uint8.
 
-    The DataLoader is built (and the setup checked) now, not at the first `next`.
+    The DataLoader is built (and the setup checked) now, not at the first `next`. With a `counter`, unreadable
+    samples are skipped and counted (`expected`: the manifest's sample count per shard).
     """
-    return _to_device(patch_dataloader(shards, cfg, device, rank, world_size), device)
+    loader = patch_dataloader(shards, cfg, device, rank, world_size, expected=expected, counter=counter)
+    return DeviceBatches(loader, device, counter)
 
 
-def _to_device(batches: DataLoader, device: torch.device) -> Iterator[torch.Tensor]:
-    for patches, _keys in batches:
-        yield patches.to(device, non_blocking=device.type == "cuda").float().div_(255.0)  # (N, 3, P, P)
+class DeviceBatches:
+    """The batches of a patch DataLoader on the device; checks the skip counter after each batch. `close()` stops
+    the worker processes (they ignore SIGTERM, so an interpreter exit would otherwise wait on them for ever)."""
+
+    def __init__(self, loader: DataLoader, device: torch.device, counter: SkipCounter | None = None):
+        self.loader, self.device, self.counter = loader, device, counter
+        self._batches: Iterator | None = None
+
+    def __iter__(self) -> DeviceBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._batches is None:
+            self._batches = iter(self.loader)
+            atexit.register(_close_at_exit, weakref.ref(self))  # runs before multiprocessing's own exit handler
+        patches, _keys = next(self._batches)
+        if self.counter is not None:
+            self.counter.check()
+        return patches.to(self.device, non_blocking=self.device.type == "cuda").float().div_(255.0)  # (N, 3, P, P)
+
+    def skip_note(self) -> str | None:
+        """A line for the run log when more samples were skipped since the last call."""
+        return self.counter.note() if self.counter is not None else None
+
+    def close(self) -> None:
+        shutdown = getattr(self._batches, "_shutdown_workers", None)  # what the iterator's __del__ calls
+        if shutdown is not None:
+            shutdown()
+        self._batches = None
+
+
+def _close_at_exit(batches: weakref.ref) -> None:
+    alive = batches()
+    if alive is not None:
+        alive.close()

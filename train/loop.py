@@ -22,15 +22,15 @@ from evaluate.metrics import ssim
 from model import create_model, unwrap, warm_start
 from model.condition import condition_from_params
 from pipeline.degrade import sample_and_degrade
+from pipeline.health import DataSkipLimit
 from pipeline.loader import make_loader
-from pipeline.valset import ValSet, build_folder_valset, build_valset
+from pipeline.valset import ValSet, build_valset
 from train import distributed
 from train.checkpoint import restore, save, set_rng_state
 from train.config import LossConfig, OptimConfig, TrainConfig
 from train.distributed import DistEnv
 from train.logger import RunLogger
-from train.precision import amp_dtype, describe
-from train.validate import validate_sets
+from train.validate import validate
 
 LR_SCALING = {"none": lambda _n: 1.0, "sqrt": math.sqrt, "linear": float}  # peak lr factor for N ranks
 
@@ -81,6 +81,16 @@ def loss_fn(restored: torch.Tensor, clean: torch.Tensor, cfg: LossConfig) -> tor
     if cfg.ssim_weight > 0:
         loss = loss + cfg.ssim_weight * (1 - ssim(restored.clamp(0, 1), clean).mean())
     return loss
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp16 only when asked (MPS/CUDA); never on the CPU path by default."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    choices = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in choices:
+        raise ValueError(f"run.amp must be auto, off, bf16 or fp16, got '{amp}'")
+    return choices[amp]
 
 
 @dataclass
@@ -193,7 +203,7 @@ def fit(
     state = build_state(cfg, device, env)
     rng = restore(state, resume) if resume is not None else None
     distributed.check_same_step(state.step, env)
-    valset = build_valsets(shards, cfg) if env.is_main else None
+    valset = build_valset(shards, cfg.degrade, cfg.run.seed, cfg.val.crop, cfg.val.variants) if env.is_main else None
     loader = make_loader(shards, "train", cfg.loader, device, env.rank, env.world_size)
     logger = RunLogger(cfg, run_dir, start_step=state.step, device=device, env=env)
     if state.step >= min(cfg.run.steps, stop_after or cfg.run.steps):
@@ -206,34 +216,26 @@ def fit(
             next(loader)
         set_rng_state(rng, state.generator)
     dtype = amp_dtype(cfg.run.amp, device)
-    logger.message(describe(dtype, device, cfg.run.channels_last))
     handlers = _catch_signals(state, repeat_quits=env.world_size == 1)
     try:
         return _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after)
-    except Exception:
-        if state.stop_signal and env.world_size == 1:  # a signal broke the step (e.g. killed the loader workers)
+    except Exception as err:
+        stop = state.stop_signal or isinstance(err, DataSkipLimit)  # a signal broke the step, or too much bad data
+        if stop and env.world_size == 1:
             save(state, cfg, run_dir / "last.pt")
         raise
     finally:
+        loader.close()  # stops the loader's workers: they would keep an interpreter that is exiting alive
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         logger.close()
-
-
-def build_valsets(shards: Path, cfg: TrainConfig) -> dict[str, ValSet]:
-    """The shards' val split first (named after the shard folder), then each `val.sets` folder, in config order."""
-    args = (cfg.degrade, cfg.run.seed, cfg.val.crop, cfg.val.variants)
-    valsets = {f"{shards.name} val": build_valset(shards, *args)}
-    for name, folder in cfg.val.sets.items():
-        valsets[name] = build_folder_valset(folder, *args)
-    return valsets
 
 
 def _loop(
     state: State,
     cfg: TrainConfig,
     loader: Iterator[torch.Tensor],
-    valset: dict[str, ValSet] | None,
+    valset: ValSet | None,
     logger: RunLogger,
     run_dir: Path,
     dtype: torch.dtype | None,
@@ -250,6 +252,8 @@ def _loop(
         state.step += 1
         logger.record(state.step, loss, params, clean.shape[0], waited)
         logging_step = state.step % cfg.run.log_every == 0 or state.step == end
+        if logging_step and (note := getattr(loader, "skip_note", lambda: None)()):
+            logger.message(note)  # unreadable training samples skipped so far (pipeline.health)
         if logging_step and not logger.flush(state.step, lr_at(state.step - 1, cfg.optim, cfg.run.steps, world_size)):
             raise FloatingPointError(f"loss is not finite at step {state.step}: stopping (last good: last.pt)")
         if state.step % cfg.run.val_every == 0 or state.step == cfg.run.steps:
@@ -267,15 +271,15 @@ def _loop(
 
 
 def _validate_and_keep_best(
-    state: State, cfg: TrainConfig, valset: dict[str, ValSet] | None, logger: RunLogger, run_dir: Path
+    state: State, cfg: TrainConfig, valset: ValSet | None, logger: RunLogger, run_dir: Path
 ) -> dict:
     """Rank 0 validates (the EMA weights when kept) while the others wait; all save best.pt together."""
     result, is_best = {}, False
     if state.env.is_main:
         model = state.ema.module if state.ema is not None else unwrap(state.model)
-        result = validate_sets(model, valset, cfg.val, next(model.parameters()).device, run_dir / "samples", state.step)
-        is_best = result["psnr_select"] > state.best_psnr
-        state.best_psnr = max(state.best_psnr, result["psnr_select"])
+        result = validate(model, valset, cfg.val, next(model.parameters()).device, run_dir / "samples", state.step)
+        is_best = result["psnr_model"] > state.best_psnr
+        state.best_psnr = max(state.best_psnr, result["psnr_model"])
         logger.validation(state.step, result)
     if distributed.from_main(is_best, state.env):
         save(state, cfg, run_dir / "best.pt")

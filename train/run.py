@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+from pipeline.health import DataSkipLimit
 from train import checkpoint, distributed
 from train.config import load_config
 from train.loop import fit, pick_device
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = fit(cfg, args.shards, run_dir, resume)
         finished = True
+    except DataSkipLimit as err:  # too much unreadable data: a message, not a traceback (fit wrote last.pt first)
+        last = run_dir / "last.pt"
+        resume_from = f"; resume from {last} with --resume auto" if last.is_file() else ""
+        raise SystemExit(f"train: stopped: {err}{resume_from}") from None
     finally:
         distributed.shutdown(env, clean=finished)
     if env.is_main:
