@@ -24,13 +24,14 @@ from model.condition import condition_from_params
 from pipeline.degrade import sample_and_degrade
 from pipeline.health import DataSkipLimit
 from pipeline.loader import make_loader
-from pipeline.valset import ValSet, build_valset
+from pipeline.valset import ValSet, build_folder_valset, build_valset
 from train import distributed
 from train.checkpoint import restore, save, set_rng_state
 from train.config import LossConfig, OptimConfig, TrainConfig
 from train.distributed import DistEnv
 from train.logger import RunLogger
-from train.validate import validate
+from train.precision import amp_dtype, describe
+from train.validate import validate_sets
 
 LR_SCALING = {"none": lambda _n: 1.0, "sqrt": math.sqrt, "linear": float}  # peak lr factor for N ranks
 
@@ -81,16 +82,6 @@ def loss_fn(restored: torch.Tensor, clean: torch.Tensor, cfg: LossConfig) -> tor
     if cfg.ssim_weight > 0:
         loss = loss + cfg.ssim_weight * (1 - ssim(restored.clamp(0, 1), clean).mean())
     return loss
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp16 only when asked (MPS/CUDA); never on the CPU path by default."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    choices = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in choices:
-        raise ValueError(f"run.amp must be auto, off, bf16 or fp16, got '{amp}'")
-    return choices[amp]
 
 
 @dataclass
@@ -203,7 +194,7 @@ def fit(
     state = build_state(cfg, device, env)
     rng = restore(state, resume) if resume is not None else None
     distributed.check_same_step(state.step, env)
-    valset = build_valset(shards, cfg.degrade, cfg.run.seed, cfg.val.crop, cfg.val.variants) if env.is_main else None
+    valset = build_valsets(shards, cfg) if env.is_main else None
     loader = make_loader(shards, "train", cfg.loader, device, env.rank, env.world_size)
     logger = RunLogger(cfg, run_dir, start_step=state.step, device=device, env=env)
     if state.step >= min(cfg.run.steps, stop_after or cfg.run.steps):
@@ -216,6 +207,7 @@ def fit(
             next(loader)
         set_rng_state(rng, state.generator)
     dtype = amp_dtype(cfg.run.amp, device)
+    logger.message(describe(dtype, device, cfg.run.channels_last))
     handlers = _catch_signals(state, repeat_quits=env.world_size == 1)
     try:
         return _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after)
@@ -231,11 +223,20 @@ def fit(
         logger.close()
 
 
+def build_valsets(shards: Path, cfg: TrainConfig) -> dict[str, ValSet]:
+    """The shards' val split first (named after the shard folder), then each `val.sets` folder, in config order."""
+    args = (cfg.degrade, cfg.run.seed, cfg.val.crop, cfg.val.variants)
+    valsets = {f"{shards.name} val": build_valset(shards, *args)}
+    for name, folder in cfg.val.sets.items():
+        valsets[name] = build_folder_valset(folder, *args)
+    return valsets
+
+
 def _loop(
     state: State,
     cfg: TrainConfig,
     loader: Iterator[torch.Tensor],
-    valset: ValSet | None,
+    valset: dict[str, ValSet] | None,
     logger: RunLogger,
     run_dir: Path,
     dtype: torch.dtype | None,
@@ -271,15 +272,15 @@ def _loop(
 
 
 def _validate_and_keep_best(
-    state: State, cfg: TrainConfig, valset: ValSet | None, logger: RunLogger, run_dir: Path
+    state: State, cfg: TrainConfig, valset: dict[str, ValSet] | None, logger: RunLogger, run_dir: Path
 ) -> dict:
     """Rank 0 validates (the EMA weights when kept) while the others wait; all save best.pt together."""
     result, is_best = {}, False
     if state.env.is_main:
         model = state.ema.module if state.ema is not None else unwrap(state.model)
-        result = validate(model, valset, cfg.val, next(model.parameters()).device, run_dir / "samples", state.step)
-        is_best = result["psnr_model"] > state.best_psnr
-        state.best_psnr = max(state.best_psnr, result["psnr_model"])
+        result = validate_sets(model, valset, cfg.val, next(model.parameters()).device, run_dir / "samples", state.step)
+        is_best = result["psnr_select"] > state.best_psnr
+        state.best_psnr = max(state.best_psnr, result["psnr_select"])
         logger.validation(state.step, result)
     if distributed.from_main(is_best, state.env):
         save(state, cfg, run_dir / "best.pt")
