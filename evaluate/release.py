@@ -169,11 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "results", help="results.json and crops")
     parser.add_argument("--bm3d-limit", type=int, help=f"images per set for CBM3D (0 = skip; default {BM3D_IMAGES})")
     parser.add_argument("--readme", type=Path, nargs="*", default=[ROOT / "README.md", ROOT / "weights" / "README.md"])
+    parser.add_argument(
+        "--prepare",
+        choices=SETS,
+        help="only run this set's evaluations into --out and stop (one process per set runs "
+        "them in parallel; the full command then reuses them)",
+    )
     args = parser.parse_args(argv)
     model = load_model_arg(str(args.model))
     runs, bm3d, model_sha = {}, {}, sha256(args.model)
     conditioned = getattr(model, "film", None) is not None
-    for name in SETS:
+    for name in [args.prepare] if args.prepare else SETS:
         images, names = load_set(args.data_root, name)
         for protocol, sigmas, qualities in (("anchor", ANCHOR_SIGMAS, (None,)), ("real", GRID_SIGMAS, GRID_QUALITIES)):
             out = args.out / f"{name}_{protocol}"
@@ -181,10 +187,12 @@ def main(argv: list[str] | None = None) -> None:
             runs[name, protocol] = run(
                 model, images, names, protocol, sigmas, qualities, out, model_sha=model_sha, told=told
             )
-    for name in SETS:  # last: a CBM3D run already in --out (it does not depend on the model) is reused
+    for name in [args.prepare] if args.prepare else SETS:  # last: a CBM3D run already in --out is reused
         limit = BM3D_IMAGES[name] if args.bm3d_limit is None else args.bm3d_limit
         if limit:
             bm3d[name] = bm3d_run(args.data_root, name, limit, args.out / f"bm3d_{name}")
+    if args.prepare:
+        return
     args.docs.mkdir(parents=True, exist_ok=True)
     crops = copy_crops(args.out / "Kodak24_real", args.docs)
     if conditioned:

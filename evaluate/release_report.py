@@ -151,12 +151,13 @@ def _strength(summary: dict, link: str) -> list[str]:
     return lines
 
 
-def replace_block(path: Path, block: str) -> None:
-    """Put `block` between the results markers of `path` (appended at the end when the markers are absent)."""
+def replace_block(path: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put `block` (which starts with `begin` and ends with `end`) between those markers in `path` (appended at the
+    end when the markers are absent)."""
     text = path.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)

@@ -230,3 +230,15 @@ def test_gpu_check_without_cuda_exits_cleanly_and_says_so(tmp_path):
     assert [(p["part"], p["status"]) for p in summary["parts"]] == [("env", "ok"), ("cuda", "skipped")]
     assert {t["verdict"] for t in summary["targets"]} == {"not measured"}
     assert json.loads((tmp_path / "out" / "env.json").read_text())["cuda"]["available"] is False
+
+
+def test_train_modes_bench_times_every_mode(tmp_path):
+    from bench.train_modes import main
+
+    out = tmp_path / "modes.json"
+    main(["--batch", "2", "--patch", "32", "--rounds", "1", "--steps", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["modes"]) == {"fp32", "fp32_channels_last", "bf16", "bf16_channels_last"}
+    assert result["modes"]["fp32"]["vs_fp32"] == 1.0
+    assert all(row["mpix_per_s"] > 0 and row["steps"] == 1 for row in result["modes"].values())
+    assert isinstance(result["cpu_native_bf16"], bool)
