@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         backend = open_backend(args.model, device=args.device, precision=args.precision)
     except (OSError, ValueError, RuntimeError) as err:  # missing file, unknown type, unusable device
         raise SystemExit(f"python -m demo: cannot open the model: {err}") from err
-    from demo.app import build_app, serve  # imports Gradio only once the model is known to open
+    from demo.app import build_app, remove_uploads, serve  # imports Gradio only once the model is known to open
 
     app = build_app(backend, max_pixels=args.max_pixels)
     print(f"serving {backend.name} on {backend.device} at http://127.0.0.1:{args.port} (Ctrl+C stops)")
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         print("stopped")
     finally:
         shutil.rmtree(app.handlers.workroot, ignore_errors=True)
+        remove_uploads(app)  # users' originals must not outlive the demo
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ session ends or runs a new restoration. The backend is shared read-only. Uploads
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -160,10 +161,27 @@ def model_summary(backend, max_pixels: int) -> str:
     return f"**Model** {backend.name} on {backend.device}, {kind}.\n{notes}\n\n{limit}"
 
 
+def remove_uploads(app: gr.Blocks) -> int:
+    """Delete every file Gradio cached for this app (the users' uploaded originals and its own copies) and the
+    folders it made for them, once they are empty; returns the number of files removed. Call it when the demo stops."""
+    removed = 0
+    for files in app.temp_file_sets:
+        for name in list(files):
+            path = Path(name)
+            if path.is_file():
+                path.unlink()
+                removed += 1
+            files.discard(name)
+            with contextlib.suppress(OSError):  # Gradio stores each file in a folder of its own (named by its hash)
+                path.parent.rmdir()
+    return removed
+
+
 def build_app(backend, max_pixels: int = DEFAULT_MAX_PIXELS, workroot: str | Path | None = None) -> gr.Blocks:
     """The two-tab interface around `backend` (an `infer.backends.Backend`). Analytics are off."""
     handlers = Handlers(backend, max_pixels, workroot)
-    with gr.Blocks(title="ml-restoration demo", analytics_enabled=False) as app:
+    cache = (SESSION_TTL_S, SESSION_TTL_S)  # Gradio deletes uploads older than this as it runs; remove_uploads at stop
+    with gr.Blocks(title="ml-restoration demo", analytics_enabled=False, delete_cache=cache) as app:
         gr.Markdown("# Restore photos degraded by noise and JPEG")
         gr.Markdown(model_summary(backend, max_pixels), elem_id="model-summary")
         with gr.Tab("Restore", id="restore"):

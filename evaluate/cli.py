@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from evaluate.baselines import BASELINES
 from evaluate.harness import evaluate, resolve_device
 from evaluate.protocols import PROTOCOLS, parse_qualities, parse_sigmas
 from evaluate.report import write_outputs
-from pipeline.io import IMAGE_SUFFIXES, load_rgb8
+from pipeline.io import IMAGE_SUFFIXES, ImageError, explain_error, load_rgb8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_images(folder: Path, limit: int | None) -> list[Path]:
-    """Image files directly in `folder`, sorted by name, the first `limit` of them."""
+    """Entries named like images directly in `folder`, sorted by name, the first `limit` of them."""
     if not folder.is_dir():
         raise SystemExit(f"--data {folder} is not a folder")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -50,15 +51,49 @@ def list_images(folder: Path, limit: int | None) -> list[Path]:
     return paths
 
 
+def load_images(paths: list[Path]) -> tuple[list[Path], list[np.ndarray], list[str]]:
+    """Decode each image (normalisation rule of `pipeline.io`); one unreadable file is named and left out, the
+    others are evaluated. Returns the paths kept, their (H, W, 3) uint8 arrays and one message per file left out."""
+    kept, images, problems = [], [], []
+    for path in paths:
+        try:
+            images.append(np.array(load_rgb8(path)))  # a writable copy: torch warns on read-only arrays
+        except (ImageError, OSError) as err:
+            problems.append(f"{path}: {explain_error(err)}")
+            continue
+        kept.append(path)
+    return kept, images, problems
+
+
 def load_model_arg(spec: str) -> nn.Module | None:
-    """'identity' -> None (restored = degraded); anything else is a checkpoint path for `model.load_model`."""
+    """'identity' -> None (restored = degraded); anything else is a checkpoint path for `model.load_model`. A file
+    that cannot be used (damaged, empty, another architecture, code inside, NaN weights) exits with the reason."""
     if spec == "identity":
         return None
-    if not Path(spec).is_file():
+    path = Path(spec)
+    if not path.is_file():
         raise SystemExit(f"--model {spec} is neither 'identity' nor a checkpoint file")
+    if path.stat().st_size == 0:
+        raise SystemExit(f"--model {spec}: the file is empty (zero bytes)")
     from model import load_model
 
-    return load_model(spec, map_location="cpu")
+    try:
+        model = load_model(spec, map_location="cpu")
+    except (EOFError, OSError, RuntimeError, zipfile.BadZipFile) as err:  # torch.load of a cut or damaged file
+        raise SystemExit(f"--model {spec}: not a readable checkpoint, truncated or damaged ({err})") from None
+    except (ValueError, KeyError, TypeError) as err:  # code inside, another architecture, missing fields
+        lines = str(err).split(" Detail: ")[0].splitlines()  # the reason, without torch's pages of detail
+        more = f" (+{len(lines) - 2} more lines)" if len(lines) > 2 else ""
+        raise SystemExit(f"--model {spec}: {' '.join(line.strip() for line in lines[:2])}{more}") from None
+    bad = [
+        name for name, value in model.state_dict().items() if value.is_floating_point() and not value.isfinite().all()
+    ]
+    if bad:
+        raise SystemExit(
+            f"--model {spec}: {len(bad)} weight tensors hold NaN or inf (e.g. {bad[0]}): a damaged file or a diverged "
+            f"run; use an earlier checkpoint"
+        )
+    return model
 
 
 def versions() -> dict[str, str]:
@@ -78,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         sigmas, qualities = parse_sigmas(args.sigmas), parse_qualities(args.qualities)
     except ValueError as err:
         raise SystemExit(str(err)) from err
-    paths = list_images(args.data, args.limit)
-    images = [np.array(load_rgb8(p)) for p in paths]  # writable copies: torch warns on read-only arrays
-    model = load_model_arg(args.model)
+    model = load_model_arg(args.model)  # before decoding: a bad model file fails fast
+    paths, images, unreadable = load_images(list_images(args.data, args.limit))
+    for problem in unreadable:
+        print(f"skipped: {problem}", file=sys.stderr)
+    if not images:
+        raise SystemExit(f"none of the images in {args.data} can be read (listed above)")
     device = resolve_device(args.device)
     print(f"evaluating {args.model} on {len(images)} images from {args.data} ({args.protocol}, {device})", flush=True)
     result = evaluate(
@@ -101,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     for message in result["messages"]:
         print(f"note: {message}", file=sys.stderr)
     result.update(model=args.model, data=str(args.data), images=[p.name for p in paths], versions=versions())
+    result["skipped_images"] = unreadable
     write_outputs(result, args.out)
     for cell in result["cells"]:
         quality = "none" if cell["quality"] is None else cell["quality"]
@@ -111,4 +150,6 @@ def main(argv: list[str] | None = None) -> int:
             + f", {cell['img_per_s']:.2f} img/s"
         )
     print(f"wrote {args.out}/results.json, results.md, per_image.csv, failure.md, plots and crops")
+    if unreadable:
+        print(f"{len(unreadable)} unreadable image(s) left out (listed above and in results.json)", file=sys.stderr)
     return 0

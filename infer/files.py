@@ -22,18 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.io import IMAGE_SUFFIXES, READABLE, ImageError, input_notes, open_image, to_rgb8
+from pipeline.io import IMAGE_SUFFIXES, explain_error, input_notes, open_image, to_rgb8
 from pipeline.scan import scan_folder, unusable_entry
 
 EXIF_ORIENTATION_TAG = 0x0112
-_REASONS = {
-    "empty": "empty file (zero bytes)",
-    "unreadable": f"not an image that can be read ({READABLE} expected)",
-    "not_a_file": "not a file",
-    "corrupt": "damaged image file",
-    "truncated": "truncated image file",
-    "too_large": "too large (refused before decoding)",
-}
 
 
 @dataclass(frozen=True)
@@ -138,15 +130,8 @@ def read_image(path: Path) -> Loaded:
 
 
 def describe_error(err: Exception) -> str:
-    """A user-facing line for a failed read."""
-    if isinstance(err, ImageError) and err.reason == "codec_missing":
-        return str(err).split(": ", 1)[1]  # the whole message: which support is missing, and the fix
-    if isinstance(err, ImageError):
-        detail = str(err).split(": ", 1)[1] if ": " in str(err) else ""
-        return _REASONS.get(err.reason, err.reason) + (f" ({detail})" if detail else "")
-    if isinstance(err, OSError):
-        return f"cannot read the file: {err.strerror or err}"
-    return f"cannot decode the file: {type(err).__name__}: {err}"
+    """A user-facing line for a failed read (`pipeline.io.explain_error`)."""
+    return explain_error(err)
 
 
 def write_png(rgb8: np.ndarray, path: Path, icc_profile: bytes | None = None, exif: bytes | None = None) -> None:

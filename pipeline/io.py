@@ -42,6 +42,14 @@ IMAGE_SUFFIXES = (  # compared lower-cased
 READABLE = "JPEG, PNG, TIFF, WebP, AVIF, HEIC, BMP or GIF"  # for messages
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger images are refused as possible decompression bombs
 
+_REASONS = {  # ImageError.reason -> words for users
+    "empty": "empty file (zero bytes)",
+    "unreadable": f"not an image that can be read ({READABLE} expected)",
+    "not_a_file": "not a file",
+    "corrupt": "damaged image file",
+    "truncated": "truncated image file",
+    "too_large": "too large (refused before decoding)",
+}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
@@ -107,6 +115,18 @@ def input_notes(img: Image.Image) -> tuple[str, ...]:
     if img.mode.startswith("I;16") or img.mode == "I" or ";16" in rawmode:
         notes.append("16 bits per channel: reduced to 8 bits (the model and the PNG it writes are 8-bit)")
     return tuple(notes)
+
+
+def explain_error(err: Exception) -> str:
+    """A user-facing line for a failed read: `ImageError` reasons in words, other errors by their type."""
+    if isinstance(err, ImageError) and err.reason == "codec_missing":
+        return str(err).split(": ", 1)[1]  # the whole message: which support is missing, and the fix
+    if isinstance(err, ImageError):
+        detail = str(err).split(": ", 1)[1] if ": " in str(err) else ""
+        return _REASONS.get(err.reason, err.reason) + (f" ({detail})" if detail else "")
+    if isinstance(err, OSError):
+        return f"cannot read the file: {err.strerror or err}"
+    return f"cannot decode the file: {type(err).__name__}: {err}"
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:

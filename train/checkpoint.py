@@ -89,10 +89,35 @@ def check_world_size(saved: dict[str, Any], world_size: int, path: str | Path) -
         )
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete `.NAME.tmpPID` files that `atomic_save` left when its process was killed mid-write (PID no longer
+    running); returns what was removed. A temporary of a live process is kept: it is being written."""
+    removed = []
+    for temporary in folder.glob(".*.tmp*"):
+        pid = temporary.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        temporary.unlink(missing_ok=True)
+        removed.append(temporary)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over `path`."""
+    """Write to a temporary file in the same folder, flush it to disk, then rename over `path`; temporaries that
+    killed runs left in that folder are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
@@ -144,7 +169,10 @@ def _python_state_to_list(state: tuple) -> list:
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """`auto` -> RUN_DIR/last.pt when it exists (else a fresh start); a path must exist; None -> fresh start."""
+    """`auto` -> RUN_DIR/last.pt when it exists (else a fresh start); a path must exist; None -> fresh start.
+    Temporaries of checkpoints a killed run was writing are removed from RUN_DIR."""
+    if run_dir.is_dir():
+        remove_stale_temporaries(run_dir)
     if resume is None:
         return None
     if resume == "auto":
