@@ -37,6 +37,8 @@ def missing_codecs() -> list[str]:
 
 def missing_message(format_name: str) -> str:
     """The user-facing line for a file whose format this Pillow build cannot decode."""
+    if format_name == "HEIF":
+        return "HEIC/HEIF support is not installed: pip install pillow-heif (the project's heic extra)"
     label = {"WEBP": "WebP", "TIFF": "Compressed TIFF (libtiff)", "JPEG2000": "JPEG 2000"}.get(format_name, format_name)
     return f"{label} support is missing from this Pillow build: {FIX}"
 
@@ -87,7 +89,8 @@ def main() -> int:
     missing = missing_codecs()
     for name, label in REQUIRED_CODECS.items():
         print(f"{'ok     ' if name not in missing else 'MISSING'} {name:<11} {label}")
-    print(f"{'ok     ' if heif_available() else 'absent '} heif        HEIC/HEIF (optional: pillow-heif, the heic extra)")
+    heif = "ok     " if heif_available() else "absent "
+    print(f"{heif} heif        HEIC/HEIF (optional: pillow-heif, the heic extra)")
     if missing:
         print(f"this Pillow build lacks {', '.join(missing)}: {FIX}", file=sys.stderr)
         return 1
