@@ -26,9 +26,10 @@ def warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-def check_shards(folder: Path, entries: list[dict], max_share: float) -> tuple[list[dict], int]:
-    """The manifest entries whose tar is present at its recorded size, and the number of samples left out with the
-    others (each named in a warning). Raises `DataSkipLimit` when that loses more than `max_share` of the samples.
+def check_shards(folder: Path, entries: list[dict], max_share: float) -> tuple[list[dict], int, str]:
+    """The manifest entries whose tar is present at its recorded size, the number of samples left out with the
+    others (each named in a warning) and what was wrong with them, in words. Raises `DataSkipLimit` when that loses
+    more than `max_share` of the samples.
     Cheap (no hashing): `shards.verify` also checks contents."""
     usable, lost, problems = [], 0, []
     for entry in entries:
@@ -47,19 +48,20 @@ def check_shards(folder: Path, entries: list[dict], max_share: float) -> tuple[l
             f"{lost} of {total} samples are in shards that cannot be read ({'; '.join(problems)}), more than "
             f"loader.max_bad_share={max_share:g}: {FIX.format(folder=folder)} (or raise loader.max_bad_share)"
         )
-    return usable, lost
+    return usable, lost, "; ".join(problems)
 
 
 class SkipCounter:
     """Samples attempted and skipped, shared by the loader's worker processes (shared memory, fork or spawn) and
     read by the main process, with the last problem in words."""
 
-    def __init__(self, folder: Path, split_samples: int, max_share: float, lost_at_start: int = 0):
+    def __init__(self, folder: Path, split_samples: int, max_share: float, lost_at_start: int = 0, why: str = ""):
         context = multiprocessing.get_context()
         self.folder, self.split_samples, self.max_share = folder, split_samples, max_share
         self._attempted = context.Value("q", lost_at_start)
         self._skipped = context.Value("q", lost_at_start)
         self._last = context.Array("c", 512)
+        self._last.value = why.encode("utf-8", "replace")[:511]
         self._reported = 0  # the first note also tells what check_shards left out
 
     def read(self, count: int = 1) -> None:

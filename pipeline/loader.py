@@ -79,12 +79,12 @@ def make_loader(
     split_shards(folder, split)  # a clear error when the split has no shards
     check_config(manifest, split, cfg)
     entries = [entry for entry in manifest["shards"] if entry["split"] == split]
-    usable, lost = check_shards(folder, entries, cfg.max_bad_share)  # missing or truncated tars: left out, named
+    usable, lost, why = check_shards(folder, entries, cfg.max_bad_share)  # missing or truncated tars: left out, named
     shards = [folder / entry["name"] for entry in usable]
     if resolve_backend(cfg.backend) == "dali":
         check_dali_shuffle(manifest, split, cfg)
         return dali_loader(shards, cfg, device, rank, world_size)
     check_shard_count(len(shards), cfg.workers, world_size)
-    counter = SkipCounter(folder, sum(entry["samples"] for entry in entries), cfg.max_bad_share, lost)
+    counter = SkipCounter(folder, sum(entry["samples"] for entry in entries), cfg.max_bad_share, lost, why)
     expected = [entry["samples"] for entry in usable]
     return torch_loader(shards, cfg, device, rank, world_size, expected=expected, counter=counter)
