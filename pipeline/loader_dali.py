@@ -128,10 +128,11 @@ def _to_device(
             iterator.reset()
             continue
         except RuntimeError as err:  # DALI stops the pipeline on a sample it cannot read; it has no skip option
+            lines = [line for line in str(err).splitlines() if "Failed to" in line or ".tar" in line]
             raise DataSkipLimit(
-                f"DALI could not read a training sample ({str(err).strip().splitlines()[0]}); DALI cannot skip damaged "
-                f"samples (loader.backend=torch skips and counts them): check the shards with `python -m shards.verify`"
-                f" and repack them with `python -m shards.pack`"
+                f"DALI could not read a training sample ({lines[0] if lines else str(err).strip()[:200]}); DALI "
+                f"cannot skip damaged samples (loader.backend=torch skips and counts them): check the shards with "
+                f"`python -m shards.verify` and repack them with `python -m shards.pack`"
             ) from err
         patches = outputs[0]["patches"]  # (N, K, 3, P, P) uint8
         if tuple(patches.shape) != expected:

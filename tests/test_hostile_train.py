@@ -166,3 +166,17 @@ def test_sigkill_while_writing_a_checkpoint_then_resume_auto(shards, tmp_path):
     run_main(["--shards", str(shards), "--out", str(run), "--resume", "auto", "--set", f"run.steps={step + 2}"])
     assert load(run / "last.pt")["step"] == step + 2
     assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.dali
+def test_dali_names_the_damaged_sample_and_the_fix(shards, tmp_path):
+    """DALI has no option to skip a sample it cannot decode: the run stops with the sample and the fix."""
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
+    folder = damage(shards, "flipped", tmp_path / "shards")
+    cfg = config(max_bad_share=0.5)
+    cfg.backend = "dali"
+    loader = make_loader(folder, "train", cfg, torch.device("cpu"))
+    with pytest.raises(DataSkipLimit) as caught:
+        for _ in range(13):
+            next(loader)
+    assert DAMAGED in str(caught.value) and "python -m shards.verify" in str(caught.value)
