@@ -6,6 +6,11 @@ Input `degraded` (N, 3, H, W) float32 in [0, 1] (plus `condition` (N, 4) float32
 statistics in float32 (`norm_precisions` reads that back from the graph). Model name, kwargs, step, stride,
 precision and inputs go into `metadata_props`.
 
+A model with global pooling (NAFNet's channel attention) also gets the pooled I/O of `infer.pooling`: inputs
+`pooled_means`, `pooled_mix`, `pooled_core` with defaults stored in the file (local pooling: the plain model), and
+the output `pooled_sums`, so tiled inference of the graph can use whole-image statistics. Callers that feed only
+`degraded` (and `condition`) and read `restored` see the plain graph. Written by the opset-17 exporter only.
+
 Exporter choice, by measurement (torch 2.13, onnx 1.23): the default dynamo exporter writes opset 18 and its
 down-conversion to 17 fails on this model ("No Adapter To Version $17 for Pad") and silently leaves opset 18,
 which TensorRT 8.6 (the last release for Pascal GPUs) does not parse. Opset <= 17 therefore uses the TorchScript-
@@ -36,6 +41,7 @@ from export.parity import (
     staged,
 )
 from export.trt_plan import is_norm_layer
+from infer.pooling import POOLED_INPUTS, POOLED_OUTPUT, WHOLE_CORE, PoolRequest, attach_pooled_io, run_pooled
 
 DEFAULT_OPSET = 17  # the newest TensorRT 8.6's ONNX parser accepts
 EXPORT_SHAPE = (1, 3, 64, 64)
@@ -45,20 +51,27 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 class OnnxGraph(nn.Module):
     """What is exported: the model with float32 I/O, computing in float16 inside when `half`."""
 
-    def __init__(self, model: nn.Module, half: bool) -> None:
+    def __init__(self, model: nn.Module, half: bool, pooled_io: bool = False) -> None:
         super().__init__()
         self.model = copy.deepcopy(model).eval()
         self.half = half
+        self.pool_channels = attach_pooled_io(self.model, int(getattr(model, "stride", 1))) if pooled_io else 0
         if half:
             self.model.half()
             film = getattr(self.model, "film", None)
             if film is not None:
                 film.float()  # the condition MLP stays float32; NAFNet casts its scales to the features' dtype
 
-    def forward(self, degraded: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, degraded: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """`(degraded[, condition])`, then with pooled I/O `(pooled_means, pooled_mix, pooled_core)`."""
         inner = degraded.half() if self.half else degraded
-        restored = self.model(inner) if condition is None else self.model(inner, condition)
-        return restored.float()
+        args = (inner, *rest[: len(rest) - 3]) if self.pool_channels else (inner, *rest)
+        if not self.pool_channels:
+            return self.model(*args).float()
+        means, mix, core = rest[-3:]
+        request = PoolRequest(core, means)
+        restored = run_pooled(self.model, args, request, mix=mix)
+        return restored.float(), request.sums
 
 
 def export_onnx(
@@ -82,8 +95,9 @@ def export_onnx(
         raise ExportError(f"{source.path} is a blind model: --conditioned needs a model built with conditioned=True")
     precision = "fp16" if fp16 else "fp32"
     tolerance = TOLERANCE[precision] if tolerance is None else tolerance
-    graph = OnnxGraph(source.model, half=fp16).eval()
-    props = metadata(source, precision=precision, conditioned=conditioned, opset=opset, dynamic=static_shape is None)
+    graph = OnnxGraph(source.model, half=fp16, pooled_io=opset < 18).eval()
+    props = metadata(source, precision=precision, conditioned=conditioned, opset=opset, dynamic=static_shape is None,
+                     pooled_io=int(bool(graph.pool_channels)))  # fmt: skip
     with staged(out) as partial:
         write_graph(graph, partial, opset, conditioned, static_shape)
         finish(partial, opset, props)
@@ -94,7 +108,33 @@ def export_onnx(
             inputs = parity_inputs(shape, conditioned)
             restored = run_session(session, inputs)
             worst = max(worst, check_parity(f"onnx {precision}", restored, reference(source, inputs), tolerance))
+        if graph.pool_channels:
+            worst = max(worst, check_pooled_parity(session, source, shapes[0], conditioned, tolerance))
     return worst
+
+
+def check_pooled_parity(session, source: Source, shape: tuple[int, ...], conditioned: bool, tolerance: float) -> float:
+    """The pooled I/O against eager: the sums over a core, then the output with injected means (`infer.pooling`)."""
+    model = copy.deepcopy(source.model)
+    attach_pooled_io(model, source.stride)
+    inputs = parity_inputs(shape, conditioned, seed=2)
+    height, width = shape[-2:]
+    core = torch.tensor([[0, height // source.stride * source.stride, 0, width]] * shape[0], dtype=torch.int64)
+    collect = PoolRequest(core)
+    with torch.inference_mode():
+        run_pooled(model, inputs, collect)
+        padded_pixels = -(-height // source.stride) * source.stride * -(-width // source.stride) * source.stride
+        inject = PoolRequest(core, collect.sums / padded_pixels * 0.8)  # means other than the input's own
+        expected = run_pooled(model, inputs, inject)
+    feeds = {node.name: tensor.numpy() for node, tensor in zip(session.get_inputs(), inputs, strict=True)}
+    feeds |= {"pooled_means": inject.means.numpy(), "pooled_mix": np.zeros(1, np.float32), "pooled_core": core.numpy()}
+    restored, sums = (torch.from_numpy(array) for array in session.run(["restored", POOLED_OUTPUT], feeds))
+    scale = float(inject.sums.abs().max()) or 1.0  # sums grow with the image: compare them relative to their size
+    relative = float((sums - inject.sums).abs().max()) / scale
+    print(f"parity onnx pooled sums: max relative diff {relative:.3g} (tolerance {tolerance:g})")
+    if not relative <= tolerance:
+        raise ExportError(f"onnx pooled sums differ from eager by {relative:.3g} (relative), above {tolerance:g}")
+    return max(relative, check_parity("onnx injected means", restored, expected, tolerance))
 
 
 def write_graph(
@@ -103,6 +143,10 @@ def write_graph(
     """Run the exporter for `opset` (see the module docstring for which one and why)."""
     example = parity_inputs(static_shape or EXPORT_SHAPE, conditioned, seed=1)
     names = ["degraded", "condition"][: len(example)]
+    outputs = ["restored"]
+    if graph.pool_channels:
+        example += (torch.zeros(graph.pool_channels), torch.ones(1), torch.tensor([WHOLE_CORE], dtype=torch.int64))
+        names, outputs = [*names, *POOLED_INPUTS], ["restored", POOLED_OUTPUT]
     if opset >= 18:
         batch = torch.export.Dim("batch", min=1, max=1024)
         image = {0: batch, 2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)}
@@ -120,10 +164,12 @@ def write_graph(
         axes = {"degraded": {0: "batch", 2: "height", 3: "width"}, "restored": {0: "batch", 2: "height", 3: "width"}}
         if conditioned:
             axes["condition"] = {0: "batch"}
+        if graph.pool_channels:
+            axes["pooled_core"] = {0: "cores"}
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated but is the one that writes opset 17
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            graph, example, str(path), input_names=names, output_names=["restored"], opset_version=opset,
+            graph, example, str(path), input_names=names, output_names=outputs, opset_version=opset,
             dynamic_axes=axes, dynamo=False, do_constant_folding=True,
         )  # fmt: skip
 
@@ -135,10 +181,27 @@ def finish(path: Path, opset: int, props: dict[str, str]) -> None:
     if written != opset:
         raise ExportError(f"the exporter wrote opset {written}, not the {opset} asked for")
     onnx.helper.set_model_props(proto, props)
+    add_pooled_defaults(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     stray = path.with_name(path.name + ".data")
     stray.unlink(missing_ok=True)
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def add_pooled_defaults(proto: onnx.ModelProto) -> None:
+    """Give the pooled I/O inputs defaults (initializers of the same names: local pooling over the whole input), so
+    onnxruntime lists them as overridable initializers and a caller may feed `degraded` alone."""
+    graph_inputs = {value.name: value for value in proto.graph.input}
+    if not all(name in graph_inputs for name in POOLED_INPUTS):
+        return
+    channels = graph_inputs["pooled_means"].type.tensor_type.shape.dim[0].dim_value
+    defaults = {"pooled_means": np.zeros(channels, np.float32), "pooled_mix": np.ones(1, np.float32),
+                "pooled_core": np.array([WHOLE_CORE], np.int64)}  # fmt: skip
+    present = {tensor.name for tensor in proto.graph.initializer}
+    for name, value in defaults.items():
+        if name not in present:
+            proto.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+    proto.ir_version = max(proto.ir_version, 4)  # inputs with initializers as defaults: IR 4 and later
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -153,6 +216,7 @@ def ort_session(path: str | os.PathLike, threads: int = 0, level: str = "all", p
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # not the warning that the pooled I/O defaults are overridable initializers
     options.intra_op_num_threads = threads
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -165,7 +229,7 @@ def ort_session(path: str | os.PathLike, threads: int = 0, level: str = "all", p
 
 def run_session(session, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Run an ONNX Runtime session on `(degraded[, condition])` CPU tensors; returns `restored` as a tensor."""
-    names = [node.name for node in session.get_inputs()]
+    names = [node.name for node in session.get_inputs()]  # required inputs (pooled I/O ones have defaults)
     if len(names) != len(inputs):
         raise ExportError(f"the graph takes inputs {names}, {len(inputs)} given")
     feeds = {

@@ -8,6 +8,7 @@ a failed export never replaces a good file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -78,11 +79,16 @@ def metadata(source: Source, **extra: Any) -> dict[str, str]:
         "step": "" if source.step is None else str(source.step),
         "stride": str(source.stride),
         "source_checkpoint": source.path.name,
+        "source_sha256": _sha256(source.path),  # infer.runtime: was the file exported from today's checkpoint
         "torch_version": torch.__version__,
         "io": "degraded: (N, 3, H, W) float32 RGB in [0, 1] -> restored: same shape; condition: (N, 4) float32",
     }
     props.update({key: str(value) for key, value in extra.items()})
     return props
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 def parity_inputs(shape: tuple[int, ...], conditioned: bool, seed: int = 0) -> tuple[torch.Tensor, ...]:

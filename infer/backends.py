@@ -13,6 +13,7 @@ NaN or black images). MPS always runs fp32 (fp16 gives black images there in pee
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch import nn
 import model as model_api
 from export.checks import output_problem
 from infer.memory import resolve_device
+from infer.pooling import PoolRequest, attach_pooled_io, run_pooled
 from model.condition import encode_condition
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -37,30 +39,38 @@ class Backend:
     (tiles are multiples of it); `conditioned`: whether it accepts a strength condition (`model.condition`);
     `precision`: what it computes in now; `notes`: warnings for the user (precision fallbacks, provider changes).
     `fixed_hw` is `(H, W)` for a model file that only accepts one input size, `max_hw` the largest input a file
-    accepts (a TensorRT profile), each None when there is no such limit.
+    accepts (a TensorRT profile), each None when there is no such limit. `pool_channels` is P > 0 when the backend
+    takes and returns whole-image pooling statistics (`infer.pooling`: eager checkpoints, ONNX files written by
+    `export.onnx`), so tiles can use the image's statistics; 0 when tiles can only pool alone.
     """
 
     def __init__(self, name: str, device: torch.device, stride: int, conditioned: bool, precision: str) -> None:
         self.name, self.device, self.stride, self.conditioned = name, device, int(stride), conditioned
         self.precision = precision
         self.notes: list[str] = []
+        self.chosen = ""  # how the runtime was chosen, for the shipped model (infer.runtime)
         self.fixed_hw: tuple[int, int] | None = None
         self.max_hw: tuple[int, int] | None = None
+        self.pool_channels = 0
 
-    def __call__(self, degraded: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Restore `(N, 3, H, W)` float images in [0, 1]; the result is clamped to [0, 1] on the input's device."""
+    def __call__(self, degraded: torch.Tensor, condition: torch.Tensor | None = None,
+                 pooling: PoolRequest | None = None) -> torch.Tensor:  # fmt: skip
+        """Restore `(N, 3, H, W)` float images in [0, 1]; the result is clamped to [0, 1] on the input's device.
+        `pooling` (backends with `pool_channels` only) injects statistics and receives the call's sums."""
         if degraded.ndim != 4 or degraded.shape[1] != 3:
             raise ValueError(f"expected (N, 3, H, W) RGB images, got shape {tuple(degraded.shape)}")
         if condition is not None and not self.conditioned:
             raise ValueError(f"{self.name} is a blind model: it takes no strength condition (sigma / quality)")
+        if pooling is not None and not self.pool_channels:
+            raise ValueError(f"{self.name} takes no pooling statistics")
         inputs = degraded.to(self.device, torch.float32)
         if condition is not None:
             condition = condition.to(self.device, torch.float32)
-        restored, problem = self._checked_run(inputs, condition)
+        restored, problem = self._checked_run(inputs, condition, pooling)
         while problem is not None and self.precision != "fp32":
             self.note(f"{self.name}: the {self.precision} output was {problem}; recomputed in fp32 (kept)")
             self._set_precision("fp32")
-            restored, problem = self._checked_run(inputs, condition)
+            restored, problem = self._checked_run(inputs, condition, pooling)
         if problem == "constant image":
             self.note(f"{self.name}: an fp32 output was a constant image from a non-constant input")
         elif problem is not None:
@@ -72,9 +82,10 @@ class Backend:
         if message not in self.notes:
             self.notes.append(message)
 
-    def _checked_run(self, inputs: torch.Tensor, condition: torch.Tensor | None) -> tuple[torch.Tensor, str | None]:
+    def _checked_run(self, inputs: torch.Tensor, condition: torch.Tensor | None,
+                     pooling: PoolRequest | None) -> tuple[torch.Tensor, str | None]:  # fmt: skip
         try:
-            restored = self._run(inputs, condition)
+            restored = self._run(inputs, condition, pooling)
         except torch.cuda.OutOfMemoryError:
             raise  # for the caller (tiling retries with smaller tiles), not a precision problem
         except RuntimeError as err:  # e.g. an op without a half-precision kernel on this device
@@ -85,7 +96,7 @@ class Backend:
             raise RuntimeError(f"{self.name} returned shape {tuple(restored.shape)} for input {tuple(inputs.shape)}")
         return restored, output_problem(restored, inputs)  # a flat input may give a flat output
 
-    def _run(self, inputs: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    def _run(self, inputs: torch.Tensor, condition: torch.Tensor | None, pooling: PoolRequest | None) -> torch.Tensor:
         raise NotImplementedError
 
     def _set_precision(self, precision: str) -> None:
@@ -108,6 +119,7 @@ class TorchBackend(Backend):
         reduced = precision != "fp32"
         self.fp32_state = {k: v.detach().clone() for k, v in module.state_dict().items()} if reduced else None
         self.module = module.to(device)
+        self.pool_channels = attach_pooled_io(self.module, stride)
         self._set_precision(precision)
 
     def _set_precision(self, precision: str) -> None:
@@ -120,102 +132,36 @@ class TorchBackend(Backend):
         if isinstance(film, nn.Module):
             film.float()
 
-    def _run(self, inputs: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    def _run(self, inputs: torch.Tensor, condition: torch.Tensor | None, pooling: PoolRequest | None) -> torch.Tensor:
         if self.conditioned and condition is None:
             condition = encode_condition(len(inputs), device=inputs.device)  # all withheld: blind
         with torch.no_grad():  # not inference_mode: its tensors refuse later in-place updates by callers
             args = (inputs.to(self.dtype),) if condition is None else (inputs.to(self.dtype), condition)
+            if pooling is not None:
+                return run_pooled(self.module, args, pooling).float()
             return self.module(*args).float()
 
 
-class OnnxBackend(Backend):
-    """An ONNX file run by onnxruntime, in the precision its graph computes in (the `precision` metadata written by
-    `export.onnx`, else the input type). An fp16 graph whose output fails the check is converted to fp32 in memory
-    (float16 weights, casts and types widened) and run again. A conditioned file has a second input; the stride
-    comes from the file's metadata (`stride`) when recorded, else `DEFAULT_STRIDE`."""
-
-    def __init__(self, path: Path, device: torch.device, precision: str) -> None:
-        import onnxruntime as ort
-
-        self.path, notes = path, []
-        self.providers: list = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                self.providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-            else:
-                notes.append("onnxruntime here has no CUDA execution provider: the ONNX model runs on the CPU")
-        elif device.type == "mps":
-            notes.append("onnxruntime has no MPS provider: the ONNX model runs on the CPU")
-        self._open_session(str(path))
-        on_cuda = "CUDAExecutionProvider" in self.session.get_providers()
-        if device.type == "cuda" and not on_cuda and not notes:
-            notes.append("onnxruntime could not start its CUDA provider: the ONNX model runs on the CPU")
-        inputs = self.session.get_inputs()
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        file_precision = metadata.get("precision") or ("fp16" if inputs[0].type == "tensor(float16)" else "fp32")
-        if precision != file_precision:
-            notes.append(f"{path.name} holds a {file_precision} graph: it runs in {file_precision}, not {precision}")
-        stride = int(metadata.get("stride", DEFAULT_STRIDE))
-        super().__init__(f"onnx:{path.name}", device if on_cuda else torch.device("cpu"), stride,
-                         len(inputs) > 1, file_precision)  # fmt: skip
-        self.notes.extend(notes)
-        shape = inputs[0].shape
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        if isinstance(shape[2], int) and isinstance(shape[3], int):
-            self.fixed_hw = (shape[2], shape[3])
-
-    def _open_session(self, model: str | bytes) -> None:
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(model, providers=self.providers)
-        inputs = self.session.get_inputs()
-        self.inputs = [(i.name, "float16" if i.type == "tensor(float16)" else "float32") for i in inputs]
-
-    def _run(self, inputs: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
-        if self.conditioned and condition is None:
-            condition = encode_condition(len(inputs))  # all withheld: blind
-        step = self.fixed_batch or len(inputs)
-        outputs = []
-        for start in range(0, len(inputs), step):
-            tensors = [inputs[start : start + step]]
-            if self.conditioned:
-                tensors.append(condition[start : start + step])
-            pairs = zip(self.inputs, tensors, strict=False)
-            feeds = {name: tensor.cpu().numpy().astype(dtype) for (name, dtype), tensor in pairs}
-            outputs.append(torch.from_numpy(self.session.run(None, feeds)[0]).float())
-        return torch.cat(outputs).to(inputs.device)
-
-    def _set_precision(self, precision: str) -> None:
-        if self.precision != "fp16" or precision != "fp32":
-            raise RuntimeError(f"{self.name}: cannot run a {self.precision} graph in {precision}")
-        self._open_session(float32_graph(self.path))
-        self.precision = "fp32"
+_THREADS: list[int] = []  # set by set_cpu_threads
 
 
-def float32_graph(path: Path) -> bytes:
-    """The ONNX graph in `path` with every float16 widened to float32 (weights, constants, casts, declared types)."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, numpy_helper
+def cpu_threads() -> int:
+    """Threads for CPU inference: `set_cpu_threads`'s number, else the cores this process may run on (its affinity
+    mask, so `taskset -c 1` gives one thread), not the machine's."""
+    if _THREADS:
+        return _THREADS[-1]
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    proto = onnx.load(str(path))
 
-    def widen(tensor: onnx.TensorProto) -> None:
-        if tensor.data_type == TensorProto.FLOAT16:
-            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
-
-    for tensor in proto.graph.initializer:
-        widen(tensor)
-    for node in proto.graph.node:
-        for attribute in node.attribute:
-            if attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
-                attribute.i = TensorProto.FLOAT
-            if attribute.type == onnx.AttributeProto.TENSOR:
-                widen(attribute.t)
-    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
-            value.type.tensor_type.elem_type = TensorProto.FLOAT
-    return proto.SerializeToString()
+def set_cpu_threads(threads: int | None) -> int:
+    """Use `threads` CPU threads (None or 0: `cpu_threads()`'s default) in torch and in backends opened afterwards."""
+    if threads:
+        _THREADS.append(threads)
+    torch.set_num_threads(cpu_threads())
+    return cpu_threads()
 
 
 class EngineBackend(Backend):
@@ -237,7 +183,7 @@ class EngineBackend(Backend):
         self.max_hw = (int(profile.max[2]), int(profile.max[3])) if profile is not None else None
         self._fell_back_noted = False
 
-    def _run(self, inputs: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    def _run(self, inputs: torch.Tensor, condition: torch.Tensor | None, pooling: PoolRequest | None) -> torch.Tensor:
         restored = self.runner(inputs, condition).float()
         self.precision = str(self.runner.precision)
         if self.runner.fell_back and not self._fell_back_noted:
@@ -249,17 +195,26 @@ class EngineBackend(Backend):
         raise RuntimeError(f"{self.name}: the {self.precision} engine output failed the check and it has no fp32 path")
 
 
-def open_backend(path: str | Path | None, device: str = "auto", precision: str = "fp32") -> Backend:
-    """Open a model file (None = `model.SHIPPED_MODEL`) on `device` (auto: CUDA, MPS, CPU) in `precision`."""
+def open_backend(
+    path: str | Path | None, device: str = "auto", precision: str = "fp32", runtime: str = "auto"
+) -> Backend:
+    """Open a model file on `device` (auto: CUDA, MPS, CPU) in `precision`. None = the shipped model through the
+    fastest runtime here (`infer.runtime.open_shipped`); an ONNX file runs with `runtime` (auto = onnxruntime)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    path = Path(path) if path is not None else Path(model_api.SHIPPED_MODEL)
+    if path is None:
+        from infer.runtime import open_shipped
+
+        return open_shipped(device, precision, runtime)
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     torch_device = resolve_device(device)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return OnnxBackend(path, torch_device, precision)
+        from infer.runtime import open_onnx
+
+        return open_onnx(path, torch_device, precision, runtime)
     if suffix in ENGINE_SUFFIXES:
         return EngineBackend(path, torch_device)
     if suffix not in CHECKPOINT_SUFFIXES and not zipfile.is_zipfile(path):
@@ -274,6 +229,8 @@ def open_backend(path: str | Path | None, device: str = "auto", precision: str =
         conditioned = len(module.forward.schema.arguments) > 2  # self, degraded[, condition]
         stride = int(metadata.get("stride", getattr(module, "stride", DEFAULT_STRIDE)))
         return TorchBackend(module, f"torchscript:{path.name}", torch_device, precision, stride, conditioned)
+    if runtime not in ("auto", "torch"):
+        raise ValueError(f"{path.name} is a PyTorch file: it runs with --runtime torch, not {runtime}")
     module = model_api.load_model(path)
     conditioned = getattr(module, "film", None) is not None
     return TorchBackend(module, f"checkpoint:{path.name}", torch_device, precision, module.stride, conditioned)

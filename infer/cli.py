@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from infer.backends import PRECISIONS, Backend, open_backend
+from infer.backends import PRECISIONS, Backend, open_backend, set_cpu_threads
 from infer.files import Job, Loaded, collect_inputs, describe_error, plan_outputs, read_image, write_png
+from infer.pooling import stats_plan
+from infer.runtime import RUNTIMES
 from infer.tiling import DEFAULT_OVERLAP, check_tile, restore
 from model import SHIPPED_MODEL
 from model.condition import encode_condition
@@ -30,8 +32,9 @@ EPILOG = """examples:
 
 Outputs are PNG (lossless), named after the input, with the input's ICC profile and EXIF (orientation reset:
 the pixels are already upright). Folder structure under a directory argument (or a glob's fixed prefix) is kept.
-Without --tile, the whole image is restored in one pass when it fits in free memory, else in the largest tiles
-that fit, blended without seams.
+Without --model, the shipped model runs through the fastest runtime available on the device (said on the first
+line). Without --tile, an image is restored whole when it fits the memory limit, else in tiles blended without
+seams, which share whole-image pooling statistics (--stats). A second bar shows the tiles of a large image.
 """
 
 
@@ -45,11 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help=f"checkpoint, TorchScript, ONNX or TensorRT file "
                         f"(default: the shipped model, now {SHIPPED_MODEL.name})")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="for the shipped model or an ONNX file (auto: the fastest available here)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: the cores this process may use)")
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
                         help="fp16/bf16 fall back to fp32 if an output fails a check; MPS runs fp32 only")  # fmt: skip
     parser.add_argument("--tile", type=int, help="tile size in pixels (a multiple of the model's stride); "
                         "default: the whole image if it fits in memory, else the largest tile that fits")  # fmt: skip
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="tile overlap in pixels")
+    parser.add_argument("--stats", default="auto", help="how tiles get whole-image pooling statistics: auto, local, "
+                        "sample:K, passes:N (infer.pooling.stats_plan)")  # fmt: skip
     parser.add_argument("--sigma", type=float, help="noise sigma (0-255 scale) to remove: conditioned models only")
     parser.add_argument("--quality", type=int, help="JPEG quality (1-100, 100 = no JPEG) the input was saved at: "
                         "conditioned models only; a value left out is estimated by the model")  # fmt: skip
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in [f"note: {note}" for note in notes] + [f"failed: {failure}" for failure in failures]:
         print(line, file=sys.stderr)
     written = 0
-    with tqdm(total=len(todo), unit="img", desc="restoring", dynamic_ncols=True) as bar:
+    with tqdm(total=len(todo), unit="img", desc="restoring", dynamic_ncols=True, position=0) as bar:
         for job, message in _run(backend, todo, args, condition, bar):
             if message is None:
                 written += 1
@@ -94,11 +102,16 @@ def _open(args: argparse.Namespace) -> tuple[Backend, torch.Tensor | None]:
         raise ValueError(f"--sigma must be in 0-255, got {args.sigma}")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise ValueError(f"--quality must be in 1-100 (100 = no JPEG), got {args.quality}")
-    backend = open_backend(args.model, args.device, args.precision)
+    threads = set_cpu_threads(args.threads)
+    backend = open_backend(args.model, args.device, args.precision, args.runtime)
     if args.tile is not None:
         check_tile(args.tile, backend.stride, args.overlap)
+    stats_plan(backend, args.stats)  # an unknown --stats fails here, before any file is read
     which = "the shipped model, model.SHIPPED_MODEL" if args.model is None else "--model"
-    print(f"model: {args.model or SHIPPED_MODEL} ({which}); {backend.name} on {backend.device}, {backend.precision}")
+    where = f"{backend.device}, {backend.precision}" + (f", {threads} threads" if backend.device.type == "cpu" else "")
+    print(f"model: {args.model or SHIPPED_MODEL} ({which}); {backend.name} on {where}")
+    if backend.chosen:
+        print(f"runtime: {backend.chosen}")
     if args.sigma is None and args.quality is None:
         return backend, None
     if not backend.conditioned:
@@ -133,8 +146,10 @@ def _flush(backend: Backend, group: list[tuple[Job, Loaded]], args: argparse.Nam
            condition: torch.Tensor | None, bar: tqdm) -> Iterator[tuple[Job, str | None]]:  # fmt: skip
     degraded = torch.stack([to_tensor(loaded.rgb8) for _, loaded in group])  # (N, 3, H, W)
     rows = None if condition is None else condition.expand(len(group), -1)
+    height, width = degraded.shape[-2:]
     try:
-        restored = restore(backend, degraded, args.tile, args.overlap, rows)
+        with TileBar(len(group) * height * width, group[0][0].source.name) as tiles:
+            restored = restore(backend, degraded, args.tile, args.overlap, rows, stats=args.stats, progress=tiles)
     except (RuntimeError, ValueError) as err:  # e.g. out of memory: these inputs fail, the others go on
         bar.update(len(group))
         for job, _ in group:
@@ -149,6 +164,29 @@ def _flush(backend: Backend, group: list[tuple[Job, Loaded]], args: argparse.Nam
             continue
         bar.update(1)
         yield job, None
+
+
+class TileBar:
+    """`progress(done, total)` for `restore`: a second bar (tiles done, ETA, MPix/s) shown while an image is tiled."""
+
+    def __init__(self, pixels: int, name: str) -> None:
+        self.pixels, self.name, self.bar = pixels, name, None
+
+    def __enter__(self) -> TileBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="tile", desc=f"  {self.name[:40]}", leave=False, position=1,
+                            dynamic_ncols=True)  # fmt: skip
+        self.bar.update(done - self.bar.n)
+        elapsed = self.bar.format_dict["elapsed"]
+        if done and elapsed > 0:  # the tiles cover the image once per pass: MPix/s of finished image
+            self.bar.set_postfix_str(f"{self.pixels * done / total / 1e6 / elapsed:.2f} MPix/s")
 
 
 def _prefetch(jobs: list[Job], ahead: int) -> Iterator[tuple[Job, Loaded | None, Exception | None]]:

@@ -12,28 +12,37 @@ docs/notes/infer.md).
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from infer.memory import Runnable, bytes_per_pixel, free_bytes
-from infer.pooling import GlobalPooling, pooled_modules
+from infer.pooling import PoolRequest, StatsPlan, backend_pools, downscaled_means, in_lattice, stats_plan
 
 DEFAULT_OVERLAP = 32
 MIN_TILE = 256  # auto tiles never go below this: the tiled NAFNet stays within 0.05 dB of untiled (docs)
 MAX_TILES_PER_CALL = 16
-STAT_PASSES = 3  # passes that collect whole-image channel means before the pass that uses them (infer.pooling)
+Progress = Callable[[int, int], None]  # progress(tiles done, tiles in all) for one image
 SURELY_FITS_BYTES_PER_PIXEL = 65536  # far above any model in model/: small images skip the memory measurement
+STATS_TILE = 256  # tiles of the sampled statistics passes ("sample:S"): small, so that they spread widely
+MIN_SAMPLED = 8  # a sampled statistics pass runs at least this many tiles (or all of a small image's)
+MAX_AUTO_TILE = 1024  # automatic tiles stop here: larger ones run no faster per pixel on a CPU (docs/infer.md)
+CPU_ACTIVATION_LIMIT_BYTES = 3 * 2**30 // 2  # one forward pass on a CPU holds at most this: a 12 MP photo then stays
+# within 3 GiB resident with its tiles, input and output (docs/infer.md)
 
 
 def restore(
     backend: Runnable, degraded: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-    condition: torch.Tensor | None = None, *, stat_passes: int = STAT_PASSES,
+    condition: torch.Tensor | None = None, *, stats: str = "auto", progress: Progress | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Restore `(N, 3, H, W)` images in [0, 1] (result on the input's device). `tile=None`: the whole image when it
     fits in free memory, else the largest tile that fits; a `tile` that is not a multiple of `backend.stride` is
-    rounded down to one. `condition`: `(N, 4)` rows for a conditioned model, or None. `stat_passes`: extra passes
-    estimating whole-image channel means for models with global pooling (0 = each tile pools alone)."""
+    rounded down to one. `condition`: `(N, 4)` rows for a conditioned model, or None. `stats`: how tiles of a
+    backend with pooled I/O get whole-image channel means (`stats_plan`: "local" = each tile pools alone).
+    `progress(done, total)` is called as tiles finish (per image; not for images run whole)."""
     if degraded.ndim != 4:
         raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(degraded.shape)}")
     if overlap < 0:
@@ -42,9 +51,9 @@ def restore(
     fixed_hw, max_hw = getattr(backend, "fixed_hw", None), getattr(backend, "max_hw", None)
     if tile is not None:
         tile = check_tile(min(tile, *max_hw) if max_hw else tile, backend.stride, overlap)
-        return _restore_with(backend, degraded, tile, overlap, condition, stat_passes)
+        return _restore_with(backend, degraded, tile, overlap, condition, stats, progress)
     if fixed_hw is not None:  # a file of one input size: tiles of that size, whatever the memory
-        return _restore_with(backend, degraded, max(fixed_hw), overlap, condition, stat_passes)
+        return _restore_with(backend, degraded, max(fixed_hw), overlap, condition, stats, progress)
     within = max_hw is None or (height <= max_hw[0] and width <= max_hw[1])
     if within and fits_whole(backend, n, height, width):
         try:
@@ -56,7 +65,7 @@ def restore(
         tile = check_tile(min(tile, *max_hw), backend.stride, overlap)
     while True:
         try:
-            return _restore_with(backend, degraded, tile, overlap, condition, stat_passes)
+            return _restore_with(backend, degraded, tile, overlap, condition, stats, progress, fit=True)
         except torch.cuda.OutOfMemoryError:
             smaller = check_tile(tile // 2, backend.stride, overlap)
             if smaller >= tile or smaller < MIN_TILE:
@@ -65,19 +74,38 @@ def restore(
             tile = smaller
 
 
+def usable_bytes(device: torch.device) -> int:
+    """Memory one forward pass may use: the usable free memory, on a CPU `CPU_ACTIVATION_LIMIT_BYTES` at most."""
+    free = free_bytes(device)
+    return min(free, CPU_ACTIVATION_LIMIT_BYTES) if device.type == "cpu" else free
+
+
 def fits_whole(backend: Runnable, n: int, height: int, width: int) -> bool:
-    """Whether `n` images of `height x width` fit in one forward pass in the free memory of the backend's device."""
-    free = free_bytes(backend.device)
+    """Whether `n` images of `height x width` fit in one forward pass in the memory the backend may use."""
+    free = usable_bytes(backend.device)
     if n * height * width * SURELY_FITS_BYTES_PER_PIXEL <= free:
         return True
     return n * height * width * bytes_per_pixel(backend) <= free
 
 
 def auto_tile(backend: Runnable, overlap: int = DEFAULT_OVERLAP) -> int:
-    """The largest square tile (a multiple of the stride, at least `MIN_TILE`) whose forward pass fits in memory."""
-    side = int(math.sqrt(free_bytes(backend.device) / bytes_per_pixel(backend)))
+    """The largest square tile (a multiple of the stride, from `MIN_TILE` to `MAX_AUTO_TILE`) whose forward pass fits
+    in the memory the backend may use."""
+    side = min(int(math.sqrt(usable_bytes(backend.device) / bytes_per_pixel(backend))), MAX_AUTO_TILE)
     floor = max(MIN_TILE, 4 * overlap + backend.stride)
     return check_tile(max(side, floor), backend.stride, overlap)
+
+
+def fit_axis(length: int, tile: int, overlap: int, stride: int) -> int:
+    """The smallest tile extent (a multiple of `stride`, at most `tile`) that covers `length` with as few tiles as
+    `tile` needs: tiles then end near the border instead of the last one mostly repeating its neighbour."""
+    length = -(-length // stride) * stride
+    if length <= tile:
+        return length
+    step_overlap = -(-overlap // stride) * stride
+    count = -(-(length - step_overlap) // (tile - step_overlap))
+    size = -(-(length - step_overlap) // count) + step_overlap
+    return min(tile, -(-size // stride) * stride)
 
 
 def check_tile(tile: int, stride: int, overlap: int) -> int:
@@ -93,11 +121,15 @@ def check_tile(tile: int, stride: int, overlap: int) -> int:
 
 def _restore_with(
     backend: Runnable, degraded: torch.Tensor, tile: int, overlap: int, condition: torch.Tensor | None,
-    stat_passes: int,
+    stats: str, progress: Progress | None, fit: bool = False,
 ) -> torch.Tensor:  # fmt: skip
+    """Tiles of `tile` px (or the file's fixed size); `fit` shrinks each axis's tiles to cover it evenly."""
     fixed_hw = getattr(backend, "fixed_hw", None)
     tile_h, tile_w = fixed_hw or (tile, tile)
     height, width = degraded.shape[-2:]
+    if fit and fixed_hw is None:
+        tile_h = fit_axis(height, tile, overlap, backend.stride)
+        tile_w = fit_axis(width, tile, overlap, backend.stride)
     if fixed_hw is None and tile_h >= height and tile_w >= width:
         return backend(degraded, condition)
     if fixed_hw is not None:  # the file's size decides the tile: shrink the overlap to fit it
@@ -107,7 +139,7 @@ def _restore_with(
     for i in range(len(degraded)):
         rows = None if condition is None else condition[i : i + 1]
         image = degraded[i : i + 1]
-        restored.append(_restore_one(backend, image, tile_h, tile_w, overlap, rows, per_call, stat_passes))
+        restored.append(_restore_one(backend, image, tile_h, tile_w, overlap, rows, per_call, stats, progress))
     return torch.cat(restored)
 
 
@@ -121,57 +153,129 @@ def _tiles_per_call(backend: Runnable, tile_h: int, tile_w: int) -> int:
 
 def _restore_one(
     backend: Runnable, image: torch.Tensor, tile_h: int, tile_w: int, overlap: int,
-    condition: torch.Tensor | None, per_call: int, stat_passes: int,
+    condition: torch.Tensor | None, per_call: int, stats: str, progress: Progress | None,
 ) -> torch.Tensor:  # fmt: skip
     """Tile one `(1, 3, H, W)` image, run the tiles in groups of `per_call`, blend them back.
 
     The image is first padded (replicate, bottom and right) to a multiple of the stride, as the model pads it
     when it runs whole, and tiles start at multiples of the stride: each tile then sees the same downsampling grid
-    as the untiled run. A model with global pooling that can be hooked runs `stat_passes` extra passes that
-    estimate the whole-image means (`infer.pooling`)."""
+    as the untiled run. A backend with pooled I/O gets whole-image statistics estimated as `stats` says."""
     height, width = image.shape[-2:]
     stride = backend.stride
     full_h, full_w = max(tile_h, -(-height // stride) * stride), max(tile_w, -(-width // stride) * stride)
     padded = torch.nn.functional.pad(image, (0, full_w - width, 0, full_h - height), mode="replicate")
-    step_overlap = -(-overlap // stride) * stride
-    starts_y, size_y = _starts(full_h, tile_h, step_overlap)
-    starts_x, size_x = _starts(full_w, tile_w, step_overlap)
-    rows = list(zip(starts_y, _axis_weights(full_h, starts_y, size_y, overlap), strict=True))
-    columns = list(zip(starts_x, _axis_weights(full_w, starts_x, size_x, overlap), strict=True))
-    boxes = [(y, x, (wy[:, None] * wx[None, :]).to(padded.device)) for y, wy in rows for x, wx in columns]
+    boxes, _ = _grid((full_h, full_w), (tile_h, tile_w), overlap, stride, padded.device)
     weight_sum = torch.zeros(1, 1, full_h, full_w, dtype=padded.dtype, device=padded.device)
-    for y, x, window in boxes:
-        weight_sum[:, :, y : y + size_y, x : x + size_x] += window
-    pools = pooled_modules(backend)
-    if not pools or stat_passes == 0:
-        return _run_tiles(backend, padded, boxes, weight_sum, per_call, condition, None)[:, :, :height, :width]
-    with GlobalPooling(pools, (full_h, full_w)) as pooling:
-        for index in range(stat_passes + 1):
-            pooling.next_pass(inject=index > 0)
-            blended = _run_tiles(backend, padded, boxes, weight_sum, per_call, condition, pooling)
+    for box in boxes:
+        weight_sum[:, :, box.y : box.y + tile_h, box.x : box.x + tile_w] += box.window
+    plan = stats_plan(backend, stats)
+    sampled = _sampled_grid(plan, (full_h, full_w), (tile_h, tile_w), overlap, stride, padded.device)
+    counted = sum((b.core[1] - b.core[0]) * (b.core[3] - b.core[2]) for b in sampled)  # = full_h * full_w for all
+    counter = _Counter(progress, len(boxes) + len(sampled) * plan.passes, plan.downscale)
+    means = None
+    if plan.downscale:
+        means = downscaled_means(backend, image, plan.downscale, condition)
+        counter.step(0)
+    for _ in range(plan.passes):  # each pass's means feed the next: one more level of dependence settled
+        sums = _run_tiles(backend, padded, sampled, weight_sum, per_call, condition, means, counter, blend=False)
+        means = sums / counted
+    pooled = means if backend_pools(backend) else None
+    blended = _run_tiles(backend, padded, boxes, weight_sum, per_call, condition, pooled, counter, blend=True)
     return blended[:, :, :height, :width]
 
 
+def _grid(
+    full_hw: tuple[int, int], tile_hw: tuple[int, int], overlap: int, stride: int, device: torch.device
+) -> tuple[list[Box], int]:
+    """The tiles covering a padded image (row by row) and the number of columns."""
+    step_overlap = -(-overlap // stride) * stride
+    axes = []
+    for length, tile in zip(full_hw, tile_hw, strict=True):
+        starts, size = _starts(length, tile, step_overlap)
+        axes.append(list(zip(starts, _axis_weights(length, starts, size, overlap), _cores(starts, size, stride),
+                             strict=True)))  # fmt: skip
+    boxes = [Box(y, x, (wy[:, None] * wx[None, :]).to(device), (*cy, *cx))
+             for y, wy, cy in axes[0] for x, wx, cx in axes[1]]  # fmt: skip
+    return boxes, len(axes[1])
+
+
+def _sampled_grid(
+    plan: StatsPlan, full_hw: tuple[int, int], tile_hw: tuple[int, int], overlap: int, stride: int,
+    device: torch.device,
+) -> list[Box]:  # fmt: skip
+    """The tiles the statistics passes run: all the image's tiles, or with `plan.sample` a lattice of 1 in
+    `sample`**2 tiles of at most `STATS_TILE` px, spaced closer where that would leave fewer than `MIN_SAMPLED`."""
+    if plan.sample <= 1:
+        return _grid(full_hw, tile_hw, overlap, stride, device)[0] if plan.passes else []
+    small = tuple(min(t, STATS_TILE) for t in tile_hw)
+    boxes, columns = _grid(full_hw, small, overlap, stride, device)
+    rows = len(boxes) // columns
+    for spacing in range(plan.sample, 0, -1):
+        chosen = [b for i, b in enumerate(boxes) if in_lattice(i // columns, i % columns, spacing)]
+        if len(chosen) >= min(MIN_SAMPLED, rows * columns) or spacing == 1:
+            return chosen
+    return boxes
+
+
+@dataclass(frozen=True)
+class Box:
+    """One tile: its top-left corner in the padded image, its blending window, its core `(y0, y1, x0, x1)` (tile
+    pixels whose features count towards the image's pooled statistics; the cores partition the image)."""
+
+    y: int
+    x: int
+    window: torch.Tensor  # (tile_h, tile_w)
+    core: tuple[int, int, int, int]
+
+
+class _Counter:
+    """Reports tiles done to `progress(done, total)`; a downscaled estimate counts as one tile."""
+
+    def __init__(self, progress: Progress | None, total: int, extra: int) -> None:
+        self.progress, self.total, self.done = progress, total + (1 if extra else 0), 0
+        if progress is not None:
+            progress(0, self.total)
+
+    def step(self, count: int = 1) -> None:
+        self.done += max(count, 1)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
 def _run_tiles(
-    backend: Runnable, padded: torch.Tensor, boxes: list, weight_sum: torch.Tensor, per_call: int,
-    condition: torch.Tensor | None, pooling: GlobalPooling | None,
+    backend: Runnable, padded: torch.Tensor, boxes: list[Box], weight_sum: torch.Tensor, per_call: int,
+    condition: torch.Tensor | None, means: torch.Tensor | None, counter: _Counter, blend: bool,
 ) -> torch.Tensor:  # fmt: skip
-    """Run every tile and return the blended `(1, 3, H, W)` result; `pooling` is told each tile's output share."""
-    size_y, size_x = boxes[0][2].shape
-    total = torch.zeros_like(padded)  # (1, 3, H, W) weighted sum of tile outputs
+    """Run every tile; return the blended `(1, 3, H, W)` result when `blend`, else the pooled sums `(P,)`.
+    `means` (backends with pooled I/O) replace each tile's own pooling."""
+    size_y, size_x = boxes[0].window.shape
+    total = torch.zeros_like(padded) if blend else None  # (1, 3, H, W) weighted sum of tile outputs
+    sums = torch.zeros(getattr(backend, "pool_channels", 0))
     for first in range(0, len(boxes), per_call):
         group = boxes[first : first + per_call]
-        tiles = torch.cat([padded[:, :, y : y + size_y, x : x + size_x] for y, x, _ in group])
-        if pooling is not None:
-            shares = [window / weight_sum[0, 0, y : y + size_y, x : x + size_x] for y, x, window in group]
-            pooling.shares = torch.stack(shares)[:, None]  # (k, 1, tile_h, tile_w)
+        tiles = torch.cat([padded[:, :, b.y : b.y + size_y, b.x : b.x + size_x] for b in group])
         cond = None if condition is None else condition.expand(len(group), -1)
-        outputs = backend(tiles, cond).to(padded.device)
-        if pooling is not None:
-            pooling.commit()
-        for (y, x, window), output in zip(group, outputs, strict=True):
-            total[:, :, y : y + size_y, x : x + size_x] += output * window
-    return total / weight_sum
+        request = None
+        if backend_pools(backend) and (means is not None or not blend):
+            request = PoolRequest(torch.tensor([b.core for b in group], dtype=torch.int64), means)
+        outputs = backend(tiles, cond, pooling=request) if request is not None else backend(tiles, cond)
+        if request is not None:
+            sums += request.sums.cpu()
+        counter.step(len(group))
+        if blend:
+            for box, output in zip(group, outputs.to(padded.device), strict=True):
+                total[:, :, box.y : box.y + size_y, box.x : box.x + size_x] += output * box.window
+    return total / weight_sum if blend else sums
+
+
+def _cores(starts: list[int], size: int, stride: int) -> list[tuple[int, int]]:
+    """Per tile, the `(start, end)` of its core along one axis, in tile pixels: the cores split each overlap in the
+    middle (at a multiple of the stride) and together cover the axis once."""
+    bounds = [0]
+    for left, right in itertools.pairwise(starts):
+        bounds.append((left + size + right) // 2 // stride * stride)
+    bounds.append(starts[-1] + size)
+    return [(low - start, high - start) for start, low, high in zip(starts, bounds[:-1], bounds[1:], strict=True)]
 
 
 def _starts(length: int, tile: int, overlap: int) -> tuple[list[int], int]:

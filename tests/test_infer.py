@@ -4,6 +4,9 @@ Tiny models written to tmp files."""
 from __future__ import annotations
 
 import copy
+import importlib.util
+import itertools
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -15,13 +18,14 @@ from conftest import natural_image, shared_images
 from PIL import Image
 from test_model import randomise_
 
+import model as model_api
 from evaluate.metrics import psnr
 from infer.backends import open_backend
 from infer.cli import main as infer_main
 from infer.memory import bytes_per_pixel, resolve_device
-from infer.pooling import pooled_modules
-from infer.tiling import DEFAULT_OVERLAP, MIN_TILE, restore
-from model import SHIPPED_MODEL, create_model, load_model
+from infer.pooling import PoolRequest, pooled_layers
+from infer.tiling import DEFAULT_OVERLAP, MIN_TILE, _cores, fit_axis, restore
+from model import create_model, load_model
 from model.condition import encode_condition
 from pipeline.io import load_rgb8, to_tensor
 from pipeline.reference import degrade_reference
@@ -145,7 +149,7 @@ def test_an_fp16_onnx_graph_widens_to_fp32(tmp_path):
     import onnxruntime as ort
 
     from export.onnx import OnnxGraph, finish, write_graph
-    from infer.backends import float32_graph
+    from infer.backend_onnx import float32_graph
 
     model = tiny_nafnet()
     path = tmp_path / "half.onnx"
@@ -232,39 +236,118 @@ def test_an_onnx_file_of_one_fixed_size_is_tiled_at_that_size(tmp_path):
     assert (restore(backend, degraded) - expected).abs().max() < 1e-3
 
 
-def test_tiled_nafnet_within_0_05_db_at_the_smallest_auto_tile():
+RUNTIMES_HERE = ["torch", "onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES_HERE)
+def test_tiled_nafnet_within_0_05_db_at_the_smallest_auto_tile(runtime):
     """The shipped NAFNet pools globally, so tiles differ slightly; at MIN_TILE (the smallest tile automatic tiling
-    uses), the default overlap and the default statistics passes the PSNR against the clean image moves by less
-    than 0.05 dB, and the passes bring the tiled output closer to the untiled one than tiles pooling alone."""
-    backend = open_backend(SHIPPED_MODEL, device="cpu")
+    uses), the default overlap and the default pooling statistics, the PSNR against the clean image moves by less
+    than 0.05 dB, in every runtime (the exported graph's pooled I/O included), and the statistics bring the tiled
+    output closer to the untiled one than tiles pooling alone."""
+    backend = open_backend(None, device="cpu", runtime=runtime)
+    assert backend.pool_channels > 0, backend.name
     clean8 = natural_image(MIN_TILE, MIN_TILE + 80, seed=7)
     params = {"sigma_255": 25.0, "quality": 50, "subsampling": 2, "quality2": 0}
     degraded8 = degrade_reference(clean8, params, np.random.default_rng(0))
     clean, degraded = to_tensor(clean8)[None], to_tensor(degraded8)[None]
     whole = backend(degraded)
     tiled = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP)
-    local = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP, stat_passes=0)
+    local = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP, stats="local")
     assert (tiled - whole).abs().max() > 0  # it did tile
     difference_db = (psnr(tiled, clean) - psnr(whole, clean)).abs().item()
     assert difference_db < 0.05, difference_db
     assert psnr(tiled, whole) > psnr(local, whole)
-    assert all(not pool._forward_hooks for pool in pooled_modules(backend))  # hooks removed afterwards
+    if runtime == "torch":
+        assert all(layer.request is None for layer in pooled_layers(backend.module))  # nothing left behind
 
 
 @pytest.mark.shared
 def test_tiled_nafnet_on_a_photo_within_0_05_db():
     """The same on a real photo (Kodak24, 500 x 500, nine 256 px tiles), where tiles pooling alone move PSNR by
-    tenths of a dB (docs/notes/infer.md)."""
-    backend = open_backend(SHIPPED_MODEL, device="cpu")
+    tenths of a dB (docs/infer.md), through the default runtime."""
+    backend = open_backend(None, device="cpu")
     clean8 = load_rgb8(shared_images("test/Kodak24", 1)[0])
     params = {"sigma_255": 10.0, "quality": 90, "subsampling": 2, "quality2": 0}
     degraded8 = degrade_reference(clean8, params, np.random.default_rng(0))
     clean, degraded = to_tensor(clean8)[None], to_tensor(degraded8)[None]
     whole = backend(degraded)
     tiled = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP)
-    local = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP, stat_passes=0)
+    local = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP, stats="local")
     assert (psnr(tiled, clean) - psnr(whole, clean)).abs().item() < 0.05
     assert psnr(tiled, whole) > psnr(local, whole)
+
+
+def test_pooled_io_agrees_across_runtimes(tmp_path):
+    """A conditioned tiny NAFNet through `export.onnx`: the graph's pooled sums, its output with injected means, and
+    a tiled restoration with statistics passes equal the eager checkpoint's in onnxruntime and OpenVINO."""
+    from export.onnx import export_onnx
+    from export.parity import load_source
+
+    checkpoint = save_checkpoint(tiny_nafnet(conditioned=True), tmp_path / "c.pt", conditioned=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(load_source(checkpoint), tmp_path / "c.onnx", conditioned=True)
+    eager = open_backend(checkpoint, device="cpu")
+    others = [open_backend(tmp_path / "c.onnx", device="cpu", runtime=r) for r in RUNTIMES_HERE[1:]]
+    degraded = to_tensor(natural_image(44, 60, seed=3))[None]
+    condition = encode_condition(1, 20.0, 40.0)
+    core = torch.tensor([[8, 36, 0, 60]])
+    reference = PoolRequest(core)
+    eager(degraded, condition, pooling=reference)
+    means = reference.sums / (48 * 60)
+    injected = eager(degraded, condition, pooling=PoolRequest(core, means))
+    tiled = restore(eager, degraded, tile=24, overlap=8, condition=condition, stats="passes:2")
+    for backend in others:
+        assert backend.pool_channels == eager.pool_channels > 0, backend.name
+        request = PoolRequest(core)
+        backend(degraded, condition, pooling=request)
+        torch.testing.assert_close(request.sums, reference.sums, rtol=1e-4, atol=1e-4, msg=backend.name)
+        torch.testing.assert_close(backend(degraded, condition, pooling=PoolRequest(core, means)), injected,
+                                   atol=2e-5, rtol=0, msg=backend.name)  # fmt: skip
+        torch.testing.assert_close(restore(backend, degraded, tile=24, overlap=8, condition=condition,
+                                           stats="passes:2"), tiled, atol=2e-5, rtol=0, msg=backend.name)  # fmt: skip
+
+
+def test_tiles_cover_the_image_once_and_report_progress():
+    """Tile cores partition each axis (each pixel's features count once in the statistics), `fit_axis` covers an
+    axis with as few tiles as the largest tile would need, and `progress` counts every tile of every pass."""
+    for starts, size in (([0, 96, 192, 256], 128), ([0], 80), ([0, 112], 160)):
+        cores = _cores(starts, size, 16)
+        covered = [pixel for start, (low, high) in zip(starts, cores, strict=True) for pixel in range(start + low,
+                   start + high)]  # fmt: skip
+        assert covered == list(range(starts[-1] + size)) and all(low % 16 == 0 for low, _ in cores)
+    assert fit_axis(4000, 1024, 32, 16) == 1024 and fit_axis(3000, 1024, 32, 16) == 1024
+    assert fit_axis(1100, 1024, 32, 16) == 576 and fit_axis(700, 1024, 32, 16) == 704
+    backend = open_backend(save_checkpoint(tiny_nafnet(), Path(tempfile.mkdtemp()) / "t.pt"), device="cpu")
+    seen = []
+    restore(backend, torch.rand(1, 3, 70, 90), tile=32, overlap=8, stats="sample:2+passes:2",
+            progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1] and all(b[0] >= a[0] for a, b in itertools.pairwise(seen))
+    with pytest.raises(ValueError, match="pooling statistics"):
+        restore(backend, torch.rand(1, 3, 70, 90), tile=32, overlap=8, stats="every:3")
+
+
+def test_the_shipped_model_runs_on_the_fastest_usable_runtime(tmp_path, monkeypatch):
+    """No model named: the ONNX export beside the checkpoint, through OpenVINO where installed, else onnxruntime;
+    a missing or stale export (not made from this checkpoint) falls back to the checkpoint, saying why."""
+    from export.onnx import export_onnx
+    from export.parity import load_source
+
+    checkpoint = save_checkpoint(tiny_nafnet(), tmp_path / "shipped.pt")
+    monkeypatch.setattr(model_api, "SHIPPED_MODEL", checkpoint)
+    backend = open_backend(None, device="cpu")
+    assert backend.name.startswith("checkpoint") and "missing" in " ".join(backend.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(load_source(checkpoint), tmp_path / "shipped.onnx")
+    backend = open_backend(None, device="cpu")
+    assert backend.chosen.startswith(RUNTIMES_HERE[-1]) and "fastest" in backend.chosen, backend.chosen
+    save_checkpoint(tiny_nafnet(seed=5), checkpoint)  # new weights, old export
+    backend = open_backend(None, device="cpu")
+    assert backend.name.startswith("checkpoint") and "not exported from" in " ".join(backend.notes)
+    with pytest.raises(ValueError, match="not exported from"):
+        open_backend(None, device="cpu", runtime="onnxruntime")
 
 
 def test_memory_estimate_is_measured_once(blind_ckpt):

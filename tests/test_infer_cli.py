@@ -32,8 +32,9 @@ def blind_ckpt(tmp_path_factory) -> Path:
     return save_checkpoint(tiny_nafnet(), tmp_path_factory.mktemp("models") / "blind.pt")
 
 
-def model_output(path: Path, source: Path, condition: torch.Tensor | None = None) -> np.ndarray:
-    """What the model makes of `source`, computed here without the CLI: (H, W, 3) uint8."""
+def model_output(path: Path | None, source: Path, condition: torch.Tensor | None = None) -> np.ndarray:
+    """What the model makes of `source` (None: the shipped model as `open_backend` picks it), computed here
+    without the CLI: (H, W, 3) uint8."""
     from pipeline.io import to_rgb8_array
 
     return to_rgb8_array(open_backend(path, device="cpu")(to_tensor(load_rgb8(source))[None], condition)[0])
@@ -189,6 +190,8 @@ def test_tile_option(tmp_path, blind_ckpt, capsys):
     assert run_cli(image, "--out", tmp_path / "o", "--model", blind_ckpt, "--tile", "8") == 2
     assert "too small" in capsys.readouterr().err
     assert run_cli(image, "--out", tmp_path / "o", "--model", blind_ckpt, "--tile", "48", "--overlap", "8") == 0
+    err = capsys.readouterr().err
+    assert "tile" in err and "MPix/s" in err  # the bar of the image's tiles
     tiled = restore(open_backend(blind_ckpt, device="cpu"), to_tensor(load_rgb8(image))[None], tile=48, overlap=8)
     assert np.array_equal(read_png(tmp_path / "o" / "in.png"), to_rgb8_array(tiled[0]))
 
@@ -200,8 +203,12 @@ def test_python_m_infer_uses_the_shipped_model(tmp_path):
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert SHIPPED_MODEL.name in result.stdout and "shipped model" in result.stdout
+    assert "runtime: " in result.stdout and "fastest" in result.stdout  # which runtime it chose, and why
     assert "1/1" in result.stderr  # the progress bar
-    assert np.array_equal(read_png(tmp_path / "out" / "photo.png"), model_output(SHIPPED_MODEL, image))
+    restored = read_png(tmp_path / "out" / "photo.png")
+    assert np.array_equal(restored, model_output(None, image))
+    eager = model_output(SHIPPED_MODEL, image)  # another runtime: the same up to float rounding
+    assert np.abs(restored.astype(int) - eager).max() <= 1
 
 
 # --- infer.degrade -----------------------------------------------------------------------------------------------
