@@ -1,7 +1,8 @@
 """Inference speed and memory per backend: `python -m bench.infer [--quick] [--model PATH] --out FILE.json`.
 
 Backends: PyTorch eager, eager channels_last, torch.compile, ONNX Runtime (CPU EP; CUDA and TensorRT EPs where
-installed) and TensorRT engines (where `tensorrt` and CUDA are present); `--investigate` adds ONNX Runtime variants
+installed), OpenVINO (where installed) and TensorRT engines (where `tensorrt` and CUDA are present); `--investigate`
+adds ONNX Runtime variants
 (graph optimisation levels, a fixed-shape export, the opset-18 dynamo export, one thread). Each (backend, size) runs
 in a fresh child process: one warm-up call (it includes torch.compile's compilation, reported as first_call_s), then
 one timed call, the device synchronised before each clock read. `--rounds` passes over all backends interleave
@@ -9,6 +10,8 @@ them (a change of the machine's load affects all alike); rows give the median ov
 Memory: CPU peak RSS during the timed call (high-water mark reset after the warm-up via /proc/self/clear_refs)
 minus the RSS before the first call; CUDA: torch.cuda.max_memory_allocated over the same call minus what was
 allocated before. Writes FILE.json (device, versions, threads, config, rows) and the table FILE.md.
+Photo sizes through the whole `python -m infer` path (tiling, statistics, 1/4/12 MP, FLOP limit, plot):
+`python -m bench.photo`, or `--photo` here (the other options are then bench.photo's).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from bench.photo import reset_peak_rss, status_kib
+from bench.timing import sync
 from model import SHIPPED_MODEL, count_params, load_model, macs_per_megapixel
 
 BACKENDS = {
@@ -41,6 +45,7 @@ BACKENDS = {
     "ort-opt-extended": "as ort, extended graph optimisations",
     "ort-static": "as ort, graph exported with this fixed input shape",
     "ort-opset18": "as ort, opset 18 graph from the dynamo exporter",
+    "openvino": "OpenVINO CPU plugin, f32 inference precision, reading the same ONNX file",
     "ort-cuda": "ONNX Runtime, CUDA EP (host input copied each call)",
     "ort-trt": "ONNX Runtime, TensorRT EP (host input copied each call)",
     "tensorrt-fp32": "TensorRT engine, fp32 (TF32 off), EngineRunner",
@@ -53,7 +58,7 @@ def available_backends(device: str, investigate: bool) -> list[str]:
     import onnxruntime as ort
 
     providers = ort.get_available_providers()
-    names = ["eager", "channels_last", "compile", "ort"]
+    names = ["eager", "channels_last", "compile", "ort"] + ["openvino"] * bool(importlib.util.find_spec("openvino"))
     if investigate:
         names += ["ort-opt-disable", "ort-opt-basic", "ort-opt-extended", "ort-static", "ort-opset18"]
     if device == "cuda":
@@ -117,6 +122,13 @@ def make_runner(spec: dict):
         session = ort_session(spec["files"][name], threads=spec["threads"], level=level, providers=providers)
         feeds = {"degraded": degraded.numpy()}
         return lambda: session.run(["restored"], feeds)
+    if backend == "openvino":
+        from infer.backend_openvino import OpenVinoBackend
+        from infer.backends import set_cpu_threads
+
+        set_cpu_threads(spec["threads"])
+        runner = OpenVinoBackend(Path(spec["files"]["onnx"]))
+        return lambda: runner(degraded)
     if backend.startswith("tensorrt"):
         from export.tensorrt import EngineRunner
 
@@ -143,50 +155,28 @@ def child(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     run = make_runner(spec)
-    rss_before = _status_kib("VmRSS")
+    rss_before = status_kib("VmRSS")
     cuda_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     start = time.perf_counter()
     run()
-    _sync(device)
+    sync(device)
     first_call_s = time.perf_counter() - start
-    reset_ok = _reset_peak_rss()
+    reset_ok = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     run()
-    _sync(device)
+    sync(device)
     row = {
         "mpix": spec["size"] ** 2 / 1e6, "times_ms": [round((time.perf_counter() - start) * 1000, 1)],
-        "first_call_s": round(first_call_s, 2), "peak_rss_mib": round(_status_kib("VmHWM") / 1024, 1),
-        "peak_rss_delta_mib": round((_status_kib("VmHWM") - rss_before) / 1024, 1),
+        "first_call_s": round(first_call_s, 2), "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
+        "peak_rss_delta_mib": round((status_kib("VmHWM") - rss_before) / 1024, 1),
         "note": BACKENDS[spec["backend"]] + ("" if reset_ok else "; peak RSS includes loading (no clear_refs)"),
     }  # fmt: skip
     if device.type == "cuda" and not spec["backend"].startswith(("ort", "tensorrt")):
         row["cuda_peak_delta_mib"] = round((torch.cuda.max_memory_allocated(device) - cuda_before) / 2**20, 1)
     return row
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _status_kib(field: str) -> int:
-    """A /proc/self/status memory field (VmRSS, VmHWM) in KiB (ru_maxrss where there is no /proc)."""
-    status = Path("/proc/self/status")
-    if not status.is_file():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith(field + ":"))
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the peak-RSS high-water mark to the current RSS (Linux >= 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def measure(backends: list[str], sizes: list[int], spec: dict, rounds: int, timeout_s: float) -> list[dict]:
@@ -230,10 +220,10 @@ def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table (memory: the CUDA delta where measured, else the CPU peak RSS delta)."""
     lines = ["| backend | size | median ms | ms / MPix | vs eager | first call s | peak mem delta MiB | note |",
              "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    keys = ("backend", "size", "median_ms", "ms_per_mpix", "vs_eager", "first_call_s")
     for r in rows:
         memory = r.get("cuda_peak_delta_mib", r.get("peak_rss_delta_mib", "-"))
-        cells = [r["backend"], r["size"], r.get("median_ms", "-"), r.get("ms_per_mpix", "-"), r.get("vs_eager", "-"),
-                 r.get("first_call_s", "-"), memory, r.get("error", r.get("note", ""))]  # fmt: skip
+        cells = [r.get(key, "-") for key in keys] + [memory, r.get("error", r.get("note", ""))]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
@@ -261,6 +251,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and "--photo" in sys.argv:  # the photo-scale benchmark: bench/photo.py
+        from bench.photo import main as photo_main
+
+        return photo_main([a for a in sys.argv[1:] if a != "--photo"])
     args = parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))

@@ -8,6 +8,7 @@ import shutil
 
 from demo.core import DEFAULT_MAX_PIXELS
 from infer.backends import PRECISIONS, open_backend
+from infer.runtime import RUNTIMES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -16,6 +17,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="local port (default 7860)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="inference precision")
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=RUNTIMES,
+        help="for the shipped model or an ONNX file (default auto: the fastest available here)",
+    )
     parser.add_argument(
         "--max-pixels",
         type=int,
@@ -28,12 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        backend = open_backend(args.model, device=args.device, precision=args.precision)
+        backend = open_backend(args.model, device=args.device, precision=args.precision, runtime=args.runtime)
     except (OSError, ValueError, RuntimeError) as err:  # missing file, unknown type, unusable device
         raise SystemExit(f"python -m demo: cannot open the model: {err}") from err
     from demo.app import build_app, remove_uploads, serve  # imports Gradio only once the model is known to open
 
     app = build_app(backend, max_pixels=args.max_pixels)
+    if backend.chosen:
+        print(f"runtime: {backend.chosen}")
     print(f"serving {backend.name} on {backend.device} at http://127.0.0.1:{args.port} (Ctrl+C stops)")
     try:
         serve(app, port=args.port, block=True)

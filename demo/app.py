@@ -13,6 +13,7 @@ import contextlib
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,8 @@ class Handlers:
             for note in upload.notes:
                 gr.Warning(f"{upload.name}: {note}")
             height, width = upload.rgb8.shape[:2]
-            result = restore_to_folder(self.backend, upload, folder, condition)
+            tiles = _tile_progress(progress, upload.name, height * width)
+            result = restore_to_folder(self.backend, upload, folder, condition, tiles)
             results.append(result | {"size": f"{width}x{height}", "notes": "; ".join(upload.notes)})
         return results, problems
 
@@ -124,6 +126,19 @@ class Handlers:
         report = simulate_report(sim.metrics, float(sigma_255), quality)
         report += "".join(f"\n\nModel note: {note}" for note in self.backend.notes)
         return sim.degraded8, sim.restored8, upload.rgb8, report
+
+
+def _tile_progress(progress, name: str, pixels: int):
+    """`infer.tiling` progress for one upload, shown in Gradio's bar: tiles done, MPix/s and the time left."""
+    start = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - start
+        rate = f", {pixels * done / total / 1e6 / elapsed:.2f} MPix/s" if done and elapsed > 0 else ""
+        left = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+        progress((done, total), desc=f"{name}: tile {done} of {total}{rate}{left}", unit="tiles")
+
+    return report
 
 
 def restore_report(results: list[dict[str, str]], problems: list[str], strength: str | None) -> str:
@@ -158,7 +173,8 @@ def model_summary(backend, max_pixels: int) -> str:
         f"Images up to {megapixels(max_pixels)} ({max_pixels:,} pixels) are restored, large ones in tiles; larger "
         f"ones are refused. Files: {', '.join(IMAGE_SUFFIXES)}."
     )
-    return f"**Model** {backend.name} on {backend.device}, {kind}.\n{notes}\n\n{limit}"
+    chosen = f" Runtime: {backend.chosen}." if getattr(backend, "chosen", "") else ""
+    return f"**Model** {backend.name} on {backend.device}, {kind}.{chosen}\n{notes}\n\n{limit}"
 
 
 def remove_uploads(app: gr.Blocks) -> int:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from evaluate.metrics import SSIM_WINDOW, psnr, ssim
-from infer.tiling import restore
+from infer.tiling import Progress, restore
 from model.condition import encode_condition
 from pipeline.io import READABLE, ImageError, load_rgb8, save_png, to_rgb8_array, to_tensor
 from pipeline.reference import degrade_reference
@@ -128,20 +128,25 @@ def make_condition(conditioned: bool, sigma_255: float | None, quality: int | No
     return encode_condition(1, sigma_255=sigma_255, quality=quality)
 
 
-def restore_rgb8(backend, rgb8: np.ndarray, condition: torch.Tensor | None = None) -> np.ndarray:
-    """Restore one (H, W, 3) uint8 image with `backend` (tiled by `infer.tiling` when it is too large)."""
+def restore_rgb8(
+    backend, rgb8: np.ndarray, condition: torch.Tensor | None = None, progress: Progress | None = None
+) -> np.ndarray:
+    """Restore one (H, W, 3) uint8 image with `backend` (tiled by `infer.tiling` when it is too large, as
+    `python -m infer` does); `progress(tiles done, tiles in all)` follows the tiles of a large image."""
     degraded = to_tensor(rgb8).unsqueeze(0)  # (1, 3, H, W)
     with torch.inference_mode():
-        restored = restore(backend, degraded, condition=condition)
+        restored = restore(backend, degraded, condition=condition, progress=progress)
     return to_rgb8_array(restored[0])
 
 
-def restore_to_folder(backend, upload: Upload, folder: Path, condition: torch.Tensor | None) -> dict[str, str]:
+def restore_to_folder(
+    backend, upload: Upload, folder: Path, condition: torch.Tensor | None, progress: Progress | None = None
+) -> dict[str, str]:
     """Restore `upload` and write `<stem>_input.png` (the normalised input) and `<stem>_restored.png` into `folder`.
 
     Returns {"name", "input", "restored", "seconds"} as strings, ready for the interface."""
     start = time.perf_counter()
-    restored8 = restore_rgb8(backend, upload.rgb8, condition)
+    restored8 = restore_rgb8(backend, upload.rgb8, condition, progress)
     seconds = time.perf_counter() - start
     stem = _unique_stem(folder, Path(upload.name).stem or "image")
     input_path, restored_path = folder / f"{stem}_input.png", folder / f"{stem}_restored.png"

@@ -28,7 +28,7 @@ MAX_TILES_PER_CALL = 16
 Progress = Callable[[int, int], None]  # progress(tiles done, tiles in all) for one image
 SURELY_FITS_BYTES_PER_PIXEL = 65536  # far above any model in model/: small images skip the memory measurement
 STATS_TILE = 256  # tiles of the sampled statistics passes ("sample:S"): small, so that they spread widely
-MIN_SAMPLED = 8  # a sampled statistics pass runs at least this many tiles (or all of a small image's)
+MIN_SAMPLED = 6  # a sampled statistics pass runs at least this many tiles (or all of a small image's)
 MAX_AUTO_TILE = 1024  # automatic tiles stop here: larger ones run no faster per pixel on a CPU (docs/infer.md)
 CPU_ACTIVATION_LIMIT_BYTES = 3 * 2**30 // 2  # one forward pass on a CPU holds at most this: a 12 MP photo then stays
 # within 3 GiB resident with its tiles, input and output (docs/infer.md)

@@ -253,3 +253,22 @@ def test_missing_uploads_are_reported(handlers):
         restore(handlers, [])
     with pytest.raises(gr.Error, match="Upload a clean image"):
         handlers.simulate(None, 10, 50, False, 0, 0)
+
+
+def test_a_large_upload_is_restored_in_tiles_with_progress(handlers, checkpoint, tmp_path, monkeypatch):
+    """An upload over the memory limit (lowered here, as a 12 MP photo meets the real one) goes through the tiled
+    path `python -m infer` uses, and Gradio's bar is told the tiles as they finish."""
+    import infer.tiling
+
+    monkeypatch.setattr(infer.tiling, "CPU_ACTIVATION_LIMIT_BYTES", 2**20)
+    rgb8 = natural_image(300, 420, seed=4)
+    path = save(rgb8, tmp_path / "big.png")
+    calls = []
+    folder = tmp_path / "out"
+    folder.mkdir()
+    results, problems = handlers._restore_all([path], folder, None, lambda *args, **kwargs: calls.append(kwargs))
+    assert not problems and len(results) == 1
+    tiles = [c["desc"] for c in calls if "tile" in c.get("desc", "")]
+    assert tiles and tiles[-1].startswith("big.png: tile") and "left" in tiles[-1]
+    expected = infer.tiling.restore(open_backend(checkpoint, device="cpu"), to_tensor(rgb8)[None])
+    assert_close8(load_rgb8(results[0]["restored"]), to_rgb8_array(expected[0]))
