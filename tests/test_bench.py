@@ -242,3 +242,19 @@ def test_train_modes_bench_times_every_mode(tmp_path):
     assert result["modes"]["fp32"]["vs_fp32"] == 1.0
     assert all(row["mpix_per_s"] > 0 and row["steps"] == 1 for row in result["modes"].values())
     assert isinstance(result["cpu_native_bf16"], bool)
+
+
+def test_photo_bench_sizes_flop_limit_table_and_plot(tmp_path):
+    """bench.photo's photo sizes (4:3), its FLOP-limited time (MACs / (threads x clock x 16)), table and plot;
+    the timed runs themselves are not run here (minutes per photo)."""
+    from bench import photo
+
+    assert photo.photo_hw(12) == (3000, 4000) and photo.photo_hw(1) == (864, 1152)
+    limit = photo.flop_limit_s_per_mp(19.9e9, 2)
+    assert limit == pytest.approx(19.9e9 / (2 * photo.clock_hz() * photo.MACS_PER_CYCLE))
+    measured = {"peak_rss_mib": 900.0, "size": "x", "passes": 1.3}
+    rows = [photo._row("openvino", mp, [{"s_per_mp": s, **measured}], limit) for mp, s in ((1, 2.0), (12, 2.4))]
+    rows.append({"runtime": "torch", "megapixels": 12, "error": "exit 1"})
+    assert rows[1]["vs_flop_limit"] == round(2.4 / limit, 1) and "error: exit 1" in photo.markdown(rows, limit)
+    photo.plot(rows, limit, tmp_path / "photo.png")
+    assert (tmp_path / "photo.png").stat().st_size > 1000
