@@ -110,6 +110,10 @@ def load_model(
             f"{path} holds objects other than tensors and plain containers; refusing to unpickle it "
             f"(loaded with weights_only=True). Re-save it with plain state dicts. Detail: {err}"
         ) from err
+    except FileNotFoundError:
+        raise
+    except (EOFError, OSError, RuntimeError) as err:  # zero bytes, cut short (an interrupted copy), not a torch file
+        raise ValueError(f"{path} is not a readable checkpoint (empty, truncated or damaged): {err}") from err
     state, saved_name, saved_kwargs = select_state(checkpoint, use_ema)
     name = name if name is not None else saved_name
     kwargs = kwargs if kwargs is not None else saved_kwargs

@@ -66,6 +66,8 @@ def cli_server(checkpoint, tmp_path_factory):
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
     assert not list(folder.glob("ml-restoration-demo-*")), "the work folder was left behind"
+    uploads = [p for p in (folder / "gradio").rglob("*") if p.is_file() and p.stat().st_size > 0]
+    assert not uploads, f"users' uploads outlived the demo: {uploads[:3]}"  # (Gradio's parser leaves empty tmp files)
 
 
 def _answers(url: str) -> bool:

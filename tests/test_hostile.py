@@ -21,6 +21,8 @@ from PIL import Image
 
 from demo.core import DemoError, read_upload
 from evaluate.cli import load_images, load_model_arg
+from infer.cli import main as infer_main
+from infer.files import collect_inputs
 from model import create_model
 from pipeline.codecs import heif_available, missing_codecs
 from pipeline.io import ImageError, open_image
@@ -274,6 +276,38 @@ def test_evaluate_refuses_each_bad_model_file_with_its_reason(checkpoint, tmp_pa
         assert "Traceback" not in str(caught.value.code)
     assert not (tmp_path / "ran").exists(), "unpickling the checkpoint ran its code"
     assert load_model_arg(str(checkpoint)) is not None
+
+
+def test_infer_refuses_each_bad_model_file_with_its_reason(checkpoint, zoo, tmp_path, capsys):
+    folder, _ = zoo
+    for kind, (path, words) in _bad_checkpoints(tmp_path, checkpoint).items():
+        status = infer_main([str(folder / "baseline.jpg"), "--out", str(tmp_path / "out"), "--model", str(path)])
+        err = capsys.readouterr().err
+        if kind == "nan":  # opens, then every output fails its check: named per file, the run exits 1
+            assert status == 1 and "NaN" in err, err
+            continue
+        assert status == 2 and "error:" in err, (kind, err)
+        assert (words if kind != "zero" else "empty, truncated or damaged") in err, (kind, err)
+    assert not (tmp_path / "ran").exists(), "unpickling the checkpoint ran its code"
+    assert not (tmp_path / "out" / "baseline.png").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder: an unlistable folder cannot be made")
+def test_an_unlistable_subfolder_is_named(tmp_path):
+    (tmp_path / "in" / "locked").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "locked" / "a.png")
+    (tmp_path / "in" / "locked").chmod(0)
+    try:
+        _, failures = collect_inputs([str(tmp_path / "in")])
+        manifest_error = None
+        try:
+            pack(tmp_path / "in", tmp_path / "out")
+        except ValueError as err:
+            manifest_error = str(err)
+    finally:
+        (tmp_path / "in" / "locked").chmod(0o755)
+    assert any("locked: cannot list this folder" in line for line in failures), failures
+    assert manifest_error is not None and "cannot list this folder" in manifest_error
 
 
 def test_the_demo_upload_handler_reads_or_explains_each_file(zoo):
