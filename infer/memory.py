@@ -16,7 +16,8 @@ from typing import Protocol
 
 import torch
 
-PROBE_SIDE_PX = 256  # side of the probe image (rounded up to the model's stride)
+PROBE_SIDE_PX = 512  # side of the probe image (rounded up to the model's stride): large enough that what a runtime
+# allocates once per new input size (OpenVINO compiles for it: ~50 MB) weighs little per pixel
 FALLBACK_BYTES_PER_PIXEL = 4096.0  # when nothing can be measured: ~3x what the shipped NAFNet needs on a CPU
 SAFETY_FACTOR = 1.5  # measured peaks vary with the allocator's state and the convolution algorithms picked
 USABLE_SHARE = {"cuda": 0.8, "mps": 0.5, "cpu": 0.5}  # of the free memory, leaving room for the rest of the system

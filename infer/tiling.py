@@ -28,9 +28,10 @@ MAX_TILES_PER_CALL = 16
 Progress = Callable[[int, int], None]  # progress(tiles done, tiles in all) for one image
 SURELY_FITS_BYTES_PER_PIXEL = 65536  # far above any model in model/: small images skip the memory measurement
 STATS_TILE = 256  # tiles of the sampled statistics passes ("sample:S"): small, so that they spread widely
-MIN_SAMPLED = 6  # a sampled statistics pass runs at least this many tiles (or all of a small image's)
+MIN_SAMPLED = 4  # a sampled statistics pass runs at least this many tiles (or all of a small image's)
+MAX_STATS_SHARE = 0.35  # sampled statistics passes run at most this share of the image's pixels (at least one pass)
 MAX_AUTO_TILE = 1024  # automatic tiles stop here: larger ones run no faster per pixel on a CPU (docs/infer.md)
-CPU_ACTIVATION_LIMIT_BYTES = 3 * 2**30 // 2  # one forward pass on a CPU holds at most this: a 12 MP photo then stays
+CPU_ACTIVATION_LIMIT_BYTES = 2 * 2**30  # one forward pass on a CPU holds at most this: a 12 MP photo then stays
 # within 3 GiB resident with its tiles, input and output (docs/infer.md)
 
 
@@ -171,12 +172,16 @@ def _restore_one(
     plan = stats_plan(backend, stats)
     sampled = _sampled_grid(plan, (full_h, full_w), (tile_h, tile_w), overlap, stride, padded.device)
     counted = sum((b.core[1] - b.core[0]) * (b.core[3] - b.core[2]) for b in sampled)  # = full_h * full_w for all
-    counter = _Counter(progress, len(boxes) + len(sampled) * plan.passes, plan.downscale)
+    passes = plan.passes
+    if plan.sample > 1 and sampled:  # a sampled plan keeps its cost: fewer passes where the lattice is dense
+        run = sum(b.window.numel() for b in sampled)
+        passes = max(1, min(passes, int(MAX_STATS_SHARE * full_h * full_w // run)))
+    counter = _Counter(progress, len(boxes) + len(sampled) * passes, plan.downscale)
     means = None
     if plan.downscale:
         means = downscaled_means(backend, image, plan.downscale, condition)
         counter.step(0)
-    for _ in range(plan.passes):  # each pass's means feed the next: one more level of dependence settled
+    for _ in range(passes):  # each pass's means feed the next: one more level of dependence settled
         sums = _run_tiles(backend, padded, sampled, weight_sum, per_call, condition, means, counter, blend=False)
         means = sums / counted
     pooled = means if backend_pools(backend) else None
