@@ -29,7 +29,8 @@ Progress = Callable[[int, int], None]  # progress(tiles done, tiles in all) for 
 SURELY_FITS_BYTES_PER_PIXEL = 65536  # far above any model in model/: small images skip the memory measurement
 STATS_TILE = 256  # tiles of the sampled statistics passes ("sample:S"): small, so that they spread widely
 MIN_SAMPLED = 4  # a sampled statistics pass runs at least this many tiles (or all of a small image's)
-MAX_STATS_SHARE = 0.35  # sampled statistics passes run at most this share of the image's pixels (at least one pass)
+MAX_STATS_SHARE = 0.35  # sampled statistics passes run at most this share of the image's pixels (at least one pass;
+# a small image whose lattice holds all its tiles runs every pass asked for)
 MAX_AUTO_TILE = 1024  # automatic tiles stop here: larger ones run no faster per pixel on a CPU (docs/infer.md)
 CPU_ACTIVATION_LIMIT_BYTES = 2 * 2**30  # one forward pass on a CPU holds at most this: a 12 MP photo then stays
 # within 3 GiB resident with its tiles, input and output (docs/infer.md)
@@ -173,8 +174,8 @@ def _restore_one(
     sampled = _sampled_grid(plan, (full_h, full_w), (tile_h, tile_w), overlap, stride, padded.device)
     counted = sum((b.core[1] - b.core[0]) * (b.core[3] - b.core[2]) for b in sampled)  # = full_h * full_w for all
     passes = plan.passes
-    if plan.sample > 1 and sampled:  # a sampled plan keeps its cost: fewer passes where the lattice is dense
-        run = sum(b.window.numel() for b in sampled)
+    run = sum(b.window.numel() for b in sampled)
+    if plan.sample > 1 and run < full_h * full_w:  # a sparse lattice keeps its cost: fewer passes where it is dense
         passes = max(1, min(passes, int(MAX_STATS_SHARE * full_h * full_w // run)))
     counter = _Counter(progress, len(boxes) + len(sampled) * passes, plan.downscale)
     means = None
