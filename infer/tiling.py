@@ -1,24 +1,20 @@
 """Whole-image or tiled restoration with seamless blending: `restore(backend, degraded, tile, overlap, condition)`.
 
-Tiles are equal squares (multiples of the model's stride, so the model pads nothing inside a tile); along each axis
-they start every `tile - overlap` pixels and the last one is moved back to end at the image border, so the border is
-never padded differently from the untiled run. Each tile's output is weighted by a separable window: zero on the
-`overlap // 4` pixels next to an edge shared with another tile (where zero padding corrupts the result), then a
-raised cosine up to one, and one at image borders; overlapping tiles are summed and divided by the summed weights.
-A model whose receptive field reaches at most `overlap // 4` pixels (a small ResNet) therefore gives the untiled
-output up to float rounding; the NAFNet's global pooling sees only its tile, so it differs slightly (measured in
-docs/notes/infer.md).
+Tiles (multiples of the model's stride, `infer.grid`) are weighted by their blending windows, summed and divided by
+the summed weights; a model whose receptive field reaches at most `overlap // 4` pixels (a small ResNet) gives the
+untiled output up to float rounding. NAFNet's global pooling would see only its tile: backends with pooled I/O
+(`infer.pooling`) get whole-image statistics from statistics passes over a sparse lattice of small tiles before the
+one full pass (`stats`; measured in docs/infer.md).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from infer.grid import Box, fit_axis, tile_grid
 from infer.memory import Runnable, bytes_per_pixel, free_bytes
 from infer.pooling import PoolRequest, StatsPlan, backend_pools, downscaled_means, in_lattice, stats_plan
 
@@ -98,18 +94,6 @@ def auto_tile(backend: Runnable, overlap: int = DEFAULT_OVERLAP) -> int:
     return check_tile(max(side, floor), backend.stride, overlap)
 
 
-def fit_axis(length: int, tile: int, overlap: int, stride: int) -> int:
-    """The smallest tile extent (a multiple of `stride`, at most `tile`) that covers `length` with as few tiles as
-    `tile` needs: tiles then end near the border instead of the last one mostly repeating its neighbour."""
-    length = -(-length // stride) * stride
-    if length <= tile:
-        return length
-    step_overlap = -(-overlap // stride) * stride
-    count = -(-(length - step_overlap) // (tile - step_overlap))
-    size = -(-(length - step_overlap) // count) + step_overlap
-    return min(tile, -(-size // stride) * stride)
-
-
 def check_tile(tile: int, stride: int, overlap: int) -> int:
     """`tile` rounded down to a multiple of `stride`; ValueError when that leaves no room for the overlap."""
     rounded = tile // stride * stride
@@ -166,7 +150,7 @@ def _restore_one(
     stride = backend.stride
     full_h, full_w = max(tile_h, -(-height // stride) * stride), max(tile_w, -(-width // stride) * stride)
     padded = torch.nn.functional.pad(image, (0, full_w - width, 0, full_h - height), mode="replicate")
-    boxes, _ = _grid((full_h, full_w), (tile_h, tile_w), overlap, stride, padded.device)
+    boxes, _ = tile_grid((full_h, full_w), (tile_h, tile_w), overlap, stride, padded.device)
     weight_sum = torch.zeros(1, 1, full_h, full_w, dtype=padded.dtype, device=padded.device)
     for box in boxes:
         weight_sum[:, :, box.y : box.y + tile_h, box.x : box.x + tile_w] += box.window
@@ -190,21 +174,6 @@ def _restore_one(
     return blended[:, :, :height, :width]
 
 
-def _grid(
-    full_hw: tuple[int, int], tile_hw: tuple[int, int], overlap: int, stride: int, device: torch.device
-) -> tuple[list[Box], int]:
-    """The tiles covering a padded image (row by row) and the number of columns."""
-    step_overlap = -(-overlap // stride) * stride
-    axes = []
-    for length, tile in zip(full_hw, tile_hw, strict=True):
-        starts, size = _starts(length, tile, step_overlap)
-        axes.append(list(zip(starts, _axis_weights(length, starts, size, overlap), _cores(starts, size, stride),
-                             strict=True)))  # fmt: skip
-    boxes = [Box(y, x, (wy[:, None] * wx[None, :]).to(device), (*cy, *cx))
-             for y, wy, cy in axes[0] for x, wx, cx in axes[1]]  # fmt: skip
-    return boxes, len(axes[1])
-
-
 def _sampled_grid(
     plan: StatsPlan, full_hw: tuple[int, int], tile_hw: tuple[int, int], overlap: int, stride: int,
     device: torch.device,
@@ -212,26 +181,15 @@ def _sampled_grid(
     """The tiles the statistics passes run: all the image's tiles, or with `plan.sample` a lattice of 1 in
     `sample`**2 tiles of at most `STATS_TILE` px, spaced closer where that would leave fewer than `MIN_SAMPLED`."""
     if plan.sample <= 1:
-        return _grid(full_hw, tile_hw, overlap, stride, device)[0] if plan.passes else []
+        return tile_grid(full_hw, tile_hw, overlap, stride, device)[0] if plan.passes else []
     small = tuple(min(t, STATS_TILE) for t in tile_hw)
-    boxes, columns = _grid(full_hw, small, overlap, stride, device)
+    boxes, columns = tile_grid(full_hw, small, overlap, stride, device)
     rows = len(boxes) // columns
     for spacing in range(plan.sample, 0, -1):
         chosen = [b for i, b in enumerate(boxes) if in_lattice(i // columns, i % columns, spacing)]
         if len(chosen) >= min(MIN_SAMPLED, rows * columns) or spacing == 1:
             return chosen
     return boxes
-
-
-@dataclass(frozen=True)
-class Box:
-    """One tile: its top-left corner in the padded image, its blending window, its core `(y0, y1, x0, x1)` (tile
-    pixels whose features count towards the image's pooled statistics; the cores partition the image)."""
-
-    y: int
-    x: int
-    window: torch.Tensor  # (tile_h, tile_w)
-    core: tuple[int, int, int, int]
 
 
 class _Counter:
@@ -272,42 +230,3 @@ def _run_tiles(
             for box, output in zip(group, outputs.to(padded.device), strict=True):
                 total[:, :, box.y : box.y + size_y, box.x : box.x + size_x] += output * box.window
     return total / weight_sum if blend else sums
-
-
-def _cores(starts: list[int], size: int, stride: int) -> list[tuple[int, int]]:
-    """Per tile, the `(start, end)` of its core along one axis, in tile pixels: the cores split each overlap in the
-    middle (at a multiple of the stride) and together cover the axis once."""
-    bounds = [0]
-    for left, right in itertools.pairwise(starts):
-        bounds.append((left + size + right) // 2 // stride * stride)
-    bounds.append(starts[-1] + size)
-    return [(low - start, high - start) for start, low, high in zip(starts, bounds[:-1], bounds[1:], strict=True)]
-
-
-def _starts(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
-    """Tile start positions along one axis and the tile's extent there (the whole axis when it is shorter)."""
-    if length <= tile:
-        return [0], length
-    starts = list(range(0, length - tile, tile - overlap)) + [length - tile]
-    return starts, tile
-
-
-def _axis_weights(length: int, starts: list[int], size: int, overlap: int) -> list[torch.Tensor]:
-    """One 1-D window per tile: a zero margin and a raised-cosine ramp at edges shared with a neighbour."""
-    margin = overlap // 4
-    ramp_len = overlap - 2 * margin
-    distance = torch.arange(size, dtype=torch.float32)  # from the tile's first pixel
-    ramp = torch.ones(size)
-    if ramp_len > 0:
-        rising = 0.5 - 0.5 * torch.cos(math.pi * (distance - margin + 0.5) / ramp_len)
-        ramp = torch.where(distance < margin + ramp_len, rising, ramp)
-    ramp = torch.where(distance < margin, torch.zeros(size), ramp)
-    windows = []
-    for start in starts:
-        window = torch.ones(size)
-        if start > 0:
-            window = window * ramp
-        if start + size < length:
-            window = window * ramp.flip(0)
-        windows.append(window)
-    return windows

@@ -22,9 +22,10 @@ import model as model_api
 from evaluate.metrics import psnr
 from infer.backends import open_backend
 from infer.cli import main as infer_main
+from infer.grid import cores, fit_axis
 from infer.memory import bytes_per_pixel, resolve_device
 from infer.pooling import PoolRequest, pooled_layers
-from infer.tiling import DEFAULT_OVERLAP, MIN_TILE, _cores, fit_axis, restore
+from infer.tiling import DEFAULT_OVERLAP, MIN_TILE, restore
 from model import create_model, load_model
 from model.condition import encode_condition
 from pipeline.io import load_rgb8, to_tensor
@@ -313,10 +314,10 @@ def test_tiles_cover_the_image_once_and_report_progress():
     """Tile cores partition each axis (each pixel's features count once in the statistics), `fit_axis` covers an
     axis with as few tiles as the largest tile would need, and `progress` counts every tile of every pass."""
     for starts, size in (([0, 96, 192, 256], 128), ([0], 80), ([0, 112], 160)):
-        cores = _cores(starts, size, 16)
-        covered = [pixel for start, (low, high) in zip(starts, cores, strict=True) for pixel in range(start + low,
+        found = cores(starts, size, 16)
+        covered = [pixel for start, (low, high) in zip(starts, found, strict=True) for pixel in range(start + low,
                    start + high)]  # fmt: skip
-        assert covered == list(range(starts[-1] + size)) and all(low % 16 == 0 for low, _ in cores)
+        assert covered == list(range(starts[-1] + size)) and all(low % 16 == 0 for low, _ in found)
     assert fit_axis(4000, 1024, 32, 16) == 1024 and fit_axis(3000, 1024, 32, 16) == 1024
     assert fit_axis(1100, 1024, 32, 16) == 576 and fit_axis(700, 1024, 32, 16) == 704
     backend = open_backend(save_checkpoint(tiny_nafnet(), Path(tempfile.mkdtemp()) / "t.pt"), device="cpu")
