@@ -1,13 +1,15 @@
-"""One call for every kind of model file: `open_backend(path, device, precision)` -> a `Backend`.
+"""One call for every kind of model file: `open_backend(path, device, precision, runtime)` -> a `Backend`; no path:
+the shipped model on the fastest runtime available (`infer.runtime.open_shipped`).
 
 The file decides the backend: a project checkpoint (`.pt` / `.pth`, rebuilt by `model.load_model`), a TorchScript
 archive (`.ts`, or a `.pt` / `.pth` that is one: detected from its zip layout), ONNX (`.onnx`, onnxruntime: CUDA
-execution provider when the device is CUDA and onnxruntime has it, else CPU) or a TensorRT engine (`.engine` /
-`.plan`, `export.tensorrt.EngineRunner`, CUDA only). Every backend maps `(N, 3, H, W)` float32 RGB in [0, 1] to the
-same, clamped to [0, 1], on the input's device, and checks each output with `export.checks.output_problem`: an
-output in reduced precision (fp16 / bf16) that is NaN, infinite or constant (from a non-constant input) is computed
-again in fp32 and the backend stays in fp32, with the reason in `notes` (FP16 NAFNet engines in peer projects give
-NaN or black images). MPS always runs fp32 (fp16 gives black images there in peer projects).
+execution provider when the device is CUDA and onnxruntime has it, else CPU; or OpenVINO) or a TensorRT engine
+(`.engine` / `.plan`, `export.tensorrt.EngineRunner`, CUDA only). Every backend maps `(N, 3, H, W)` float32 RGB in
+[0, 1] to the same, clamped to [0, 1], on the input's device, and checks each output with
+`export.checks.output_problem`: an output in reduced precision (fp16 / bf16) that is NaN, infinite or constant (from
+a non-constant input) is computed again in fp32 and the backend stays in fp32, with the reason in `notes` (FP16
+NAFNet engines in peer projects give NaN or black images). MPS always runs fp32 (fp16 gives black images there in
+peer projects).
 """
 
 from __future__ import annotations
