@@ -150,7 +150,7 @@ def _flush(backend: Backend, group: list[tuple[Job, Loaded]], args: argparse.Nam
     try:
         with TileBar(len(group) * height * width, group[0][0].source.name) as tiles:
             restored = restore(backend, degraded, args.tile, args.overlap, rows, stats=args.stats, progress=tiles)
-    except (RuntimeError, ValueError) as err:  # e.g. out of memory: these inputs fail, the others go on
+    except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory: these inputs fail, the others go on
         bar.update(len(group))
         for job, _ in group:
             yield job, f"restoration failed: {err}"
