@@ -35,7 +35,7 @@ def shared_images(subset: str, limit: int) -> list[Path]:
 
 
 # A trainer config that runs in seconds on a CPU (tests of the trainer and of what it feeds).
-TINY = [
+TINY_MODEL_AND_LOADER = [
     "model.name=resnet",
     "model.kwargs={width: 8, num_blocks: 2}",
     "loader.batch_size=4",
@@ -43,6 +43,8 @@ TINY = [
     "loader.workers=0",
     "loader.crops_per_image=2",
     "loader.shuffle_buffer=8",
+]
+TINY = TINY_MODEL_AND_LOADER + [
     "run.steps=12",
     "run.log_every=2",
     "run.val_every=6",

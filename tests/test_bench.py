@@ -17,7 +17,7 @@ from pathlib import Path
 import PIL
 import pytest
 import torch
-from conftest import natural_image
+from conftest import TINY_MODEL_AND_LOADER, natural_image
 from PIL import Image
 
 from bench import env, gpu_summary, stall
@@ -26,18 +26,7 @@ from bench.suite import SECTIONS, main, run_suite
 from shards.pack import pack
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_SETS = (
-    "model.name=resnet",
-    "model.kwargs={width: 8, num_blocks: 2}",
-    "loader.batch_size=4",
-    "loader.patch_size=32",
-    "loader.workers=0",
-    "loader.crops_per_image=2",
-    "loader.shuffle_buffer=8",
-    "val.crop=48",
-    "val.variants=1",
-    "run.threads=1",
-)
+TINY_SETS = (*TINY_MODEL_AND_LOADER, "val.crop=48", "val.variants=1", "run.threads=1")
 SETTINGS = SuiteConfig(
     quick=True,
     repeats=2,
