@@ -17,7 +17,7 @@ from evaluate.baselines import BASELINES
 from evaluate.harness import evaluate, resolve_device
 from evaluate.protocols import PROTOCOLS, parse_qualities, parse_sigmas
 from evaluate.report import write_outputs
-from pipeline.io import IMAGE_SUFFIXES, ImageError, explain_error, load_rgb8
+from pipeline.io import IMAGE_SUFFIXES, ImageError, explain_error, image_entries, load_rgb8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def list_images(folder: Path, limit: int | None) -> list[Path]:
     """Entries named like images directly in `folder`, sorted by name, the first `limit` of them."""
     if not folder.is_dir():
         raise SystemExit(f"--data {folder} is not a folder")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_entries(folder)
     paths = paths[:limit] if limit is not None else paths
     if not paths:
         raise SystemExit(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")

@@ -31,11 +31,13 @@ def compare(models: list[Path], labels: list[str], data_root: Path, limits: dict
         ]
     }
     summary["sets"] = {}
+    loaded = [
+        (load_model_arg(str(path)), entry["sha256"]) for path, entry in zip(models, summary["models"], strict=True)
+    ]
     for name in VAL_SETS:
         images, names = load_set(data_root, name, limits[name])
         rows = {sigma: {"sigma": sigma} for sigma in SIGMAS}
-        for path, label in zip(models, labels, strict=True):
-            model, model_sha = load_model_arg(str(path)), sha256(path)
+        for (model, model_sha), label in zip(loaded, labels, strict=True):
             result = run(
                 model, images, names, "anchor", SIGMAS, (None,), out / f"{name}_{model_sha[:12]}", model_sha=model_sha
             )

@@ -61,6 +61,12 @@ class ImageError(ValueError):
         self.reason = reason
 
 
+def image_entries(folder: str | os.PathLike) -> list[Path]:
+    """The entries directly in `folder` named like images (`IMAGE_SUFFIXES`), sorted by name; a folder named like an
+    image is listed too, so the caller can say it is not a file."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def open_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image file or bytes; raise `ImageError` with a reason on any failure."""
     if isinstance(source, bytes):

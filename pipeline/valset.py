@@ -17,7 +17,7 @@ import webdataset as wds
 
 from pipeline.config import DegradeConfig
 from pipeline.degrade import PARAM_KEYS, sample_params
-from pipeline.io import IMAGE_SUFFIXES, decode_rgb8, load_rgb8
+from pipeline.io import IMAGE_SUFFIXES, decode_rgb8, image_entries, load_rgb8
 from pipeline.reference import degrade_reference
 from shards.format import IMAGE_EXTS, split_shards
 
@@ -79,7 +79,7 @@ def read_folder_images(folder: str | Path) -> list[np.ndarray]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"validation folder {folder} does not exist (val.sets names a folder of images)")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_entries(folder)
     if not paths:
         raise ValueError(f"validation folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return [load_rgb8(p) for p in paths]

@@ -11,6 +11,7 @@ GPix of patches seen, all phases end to end) and writes the table between the le
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def measure(model_path: str, shards: Path, config: Path) -> dict:
     """A checkpoint on the validation sets of `config` (the release continuation's): {set: PSNR}."""
     cfg = load_config("cpu", config)
     model = load_model(model_path, map_location="cpu")
-    result = validate_sets(model, build_valsets(shards, cfg), cfg.val, torch.device("cpu"), Path("/tmp"), 0)
+    no_grid = dataclasses.replace(cfg.val, samples=0)  # figures only: no sample grid to write
+    result = validate_sets(model, build_valsets(shards, cfg), no_grid, torch.device("cpu"), Path("."), 0)
     return {name: one["psnr_model"] for name, one in result["sets"].items()}
 
 
