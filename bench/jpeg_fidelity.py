@@ -18,6 +18,7 @@ import PIL
 import torch
 
 from evaluate.metrics import psnr
+from pipeline.degrade import shifted_jpeg
 from pipeline.io import IMAGE_SUFFIXES, load_rgb8, pil_jpeg, to_rgb8_array, to_tensor
 from pipeline.jpeg import SUBSAMPLING, jpeg
 from pipeline.reference import jpeg_shifted
@@ -46,11 +47,9 @@ def _kornia_jpeg(rgb8: np.ndarray, quality: int, device: torch.device) -> np.nda
 
 def _double_device(rgb8: np.ndarray, quality: int, device: torch.device) -> np.ndarray:
     """Device: q=`quality` then a second save at 90 with the grid shifted by (3, 5); as degrade() does it."""
-    from pipeline.degrade import _shifted_jpeg
-
     x = jpeg(to_tensor(rgb8)[None].to(device), torch.tensor([quality], device=device))
     one = torch.ones(1, dtype=torch.long, device=device)
-    out = _shifted_jpeg(x, one * 90, one * SUBSAMPLING["4:2:0"], one * 3, one * 5)
+    out = shifted_jpeg(x, one * 90, [SUBSAMPLING["4:2:0"]], one * 3, one * 5)
     return to_rgb8_array(out[0])
 
 

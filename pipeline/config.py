@@ -35,3 +35,4 @@ class DegradeConfig:
     curriculum: bool = True  # ranges grow from light to heavy over `curriculum_fraction` of training
     curriculum_fraction: float = 0.3
     curriculum_start: float = 0.2  # fraction of the full range at progress 0
+    codec: str = "auto"  # device JPEG, all bit-exact: auto | compiled (torch.compile) | float64 | int32 (eager)

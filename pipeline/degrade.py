@@ -13,16 +13,16 @@ A sample with sigma 0 and no JPEG is returned exactly as given.
 
 from __future__ import annotations
 
-import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
 from pipeline.config import DegradeConfig
-from pipeline.jpeg import SUBSAMPLING, jpeg
-
-PARAM_KEYS = ("sigma_255", "quality", "subsampling", "quality2", "shift_y", "shift_x")
+from pipeline.jpeg import SUBSAMPLING, host_index, jpeg
+from pipeline.sync import host_side
 
 
 @dataclass(frozen=True)
@@ -67,88 +67,150 @@ def check_config(cfg: DegradeConfig) -> None:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
 
 
+class DegradeParams(TypedDict, total=False):
+    """Per-sample degradation parameters, all (N,) tensors (see the module docstring); `unclipped` is optional."""
+
+    sigma_255: torch.Tensor
+    quality: torch.Tensor
+    subsampling: torch.Tensor
+    quality2: torch.Tensor
+    shift_y: torch.Tensor
+    shift_x: torch.Tensor
+    unclipped: torch.Tensor
+
+
+PARAM_KEYS = tuple(k for k in DegradeParams.__annotations__ if k != "unclipped")  # one sample's scalar values
+
+
 def sample_params(
-    n: int, cfg: DegradeConfig, generator: torch.Generator, device: torch.device, progress: float = 1.0
-) -> dict[str, torch.Tensor]:
-    """Draw per-sample degradation parameters on `device` (see the module docstring for the keys)."""
+    n: int, cfg: DegradeConfig, generator: torch.Generator, device: torch.device | None = None, progress: float = 1.0
+) -> DegradeParams:
+    """Draw per-sample degradation parameters on the host, from the CPU `generator`; on `device` when given.
+
+    Drawing on the host keeps the trainer's step free of device reads: group sizes (which samples get a JPEG, which
+    subsampling, which a second JPEG) are known before anything runs on the device (`to_device`).
+    """
     check_config(cfg)
     ranges = ranges_at(cfg, progress)
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=generator, device=device)
+        return low + (high - low) * torch.rand(n, generator=generator)
 
     def integers(low: int, high: int) -> torch.Tensor:  # inclusive
-        return torch.randint(low, high + 1, (n,), generator=generator, device=device)
+        return torch.randint(low, high + 1, (n,), generator=generator)
 
-    mix = _constant((cfg.p_noise_only, cfg.p_jpeg_only, cfg.p_both, cfg.p_neither), torch.float32, device)
+    mix = torch.tensor((cfg.p_noise_only, cfg.p_jpeg_only, cfg.p_both, cfg.p_neither))
     kind = torch.multinomial(mix, n, replacement=True, generator=generator)  # 0 noise, 1 jpeg, 2 both, 3 neither
     has_noise, has_jpeg = (kind == 0) | (kind == 2), (kind == 1) | (kind == 2)
     sigma = uniform(ranges.sigma_min_255, ranges.sigma_max_255) * has_noise
     quality = integers(ranges.quality_min, ranges.quality_max) * has_jpeg
-    codes = _constant(tuple(SUBSAMPLING[name] for name in cfg.subsampling), torch.int64, device)
-    weights = _constant(tuple(cfg.subsampling.values()), torch.float32, device)
+    codes = torch.tensor([SUBSAMPLING[name] for name in cfg.subsampling])
+    weights = torch.tensor(list(cfg.subsampling.values()), dtype=torch.float32)
     subsampling = codes[torch.multinomial(weights, n, replacement=True, generator=generator)]
-    double = torch.rand(n, generator=generator, device=device) < cfg.p_double_jpeg
+    double = torch.rand(n, generator=generator) < cfg.p_double_jpeg
     quality2 = integers(ranges.quality_min, ranges.quality_max) * (double & has_jpeg)
-    unclipped = (torch.rand(n, generator=generator, device=device) < cfg.p_unclipped) & has_noise & ~has_jpeg
-    return {
-        "sigma_255": sigma,
-        "quality": quality,
-        "subsampling": subsampling,
-        "quality2": quality2,
-        "shift_y": integers(0, 7),
-        "shift_x": integers(0, 7),
-        "unclipped": unclipped,
-    }
+    unclipped = (torch.rand(n, generator=generator) < cfg.p_unclipped) & has_noise & ~has_jpeg
+    shift_y, shift_x = integers(0, 7), integers(0, 7)
+    params = DegradeParams(
+        sigma_255=sigma,
+        quality=quality,
+        subsampling=subsampling,
+        quality2=quality2,
+        shift_y=shift_y,
+        shift_x=shift_x,
+        unclipped=unclipped,
+    )
+    return params if device is None else to_device(params, device)
 
 
-@functools.cache
-def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Small constant tensors, copied to the device once (each pageable copy would be a host-device sync)."""
-    return torch.tensor(values, dtype=dtype).to(device)
+def to_device(params: DegradeParams, device: torch.device) -> DegradeParams:
+    """Host parameters on `device`, copied without a sync (pinned memory, non-blocking, on CUDA)."""
+    if device.type != "cuda":
+        return DegradeParams(**{k: v.to(device) for k, v in params.items()})
+    return DegradeParams(**{k: v.pin_memory().to(device, non_blocking=True) for k, v in params.items()})
 
 
 def sample_and_degrade(
-    clean: torch.Tensor, cfg: DegradeConfig, generator: torch.Generator, progress: float = 1.0
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The trainer's call: draw parameters for the batch, degrade it, return both."""
-    params = sample_params(clean.shape[0], cfg, generator, clean.device, progress)
-    return degrade(clean, params, generator), params
+    clean: torch.Tensor,
+    cfg: DegradeConfig,
+    generator: torch.Generator,
+    progress: float = 1.0,
+    host_generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, DegradeParams]:
+    """The trainer's call: draw parameters for the batch on the host (from `host_generator`, or from `generator`
+    when that is a CPU generator), degrade the batch on its device (noise from `generator`), return both. Nothing
+    here reads the device, so a CUDA step never waits for the GPU."""
+    if host_generator is None:
+        if generator.device.type != "cpu":
+            raise ValueError("sample_and_degrade needs a CPU host_generator when the noise generator is on a device")
+        host_generator = generator
+    host = sample_params(clean.shape[0], cfg, host_generator, progress=progress)
+    params = to_device(host, clean.device)
+    return degrade(clean, params, generator, host=host, codec=cfg.codec), params
 
 
 def degrade(
-    clean: torch.Tensor, params: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    clean: torch.Tensor,
+    params: DegradeParams,
+    generator: torch.Generator | None = None,
+    host: DegradeParams | None = None,
+    codec: str = "auto",
 ) -> torch.Tensor:
-    """Noise, clip, 8-bit quantisation, JPEG, optional shifted second JPEG; per-sample, batched, no sample loop."""
+    """Noise, clip, 8-bit quantisation, JPEG, optional shifted second JPEG; per-sample, batched, no sample loop.
+
+    `host` is the same parameters on the CPU: it sizes the JPEG groups without reading the device (else `params`
+    is read once). `codec` picks the JPEG implementation (`pipeline.jpeg.resolve_codec`).
+    """
+    host = params if host is None else host
     sigma = params["sigma_255"].to(clean.dtype)[:, None, None, None]
     noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-    awgn = clean + noise * (sigma / 255.0)
+    awgn = torch.addcmul(clean, noise, sigma, value=1 / 255.0)
     noisy = awgn.clamp(0, 1)
-    quantised = noisy + ((noisy * 255).round() / 255 - noisy).detach()
-    # one host-device sync: how many samples get a first and a second JPEG
-    has_jpeg, has_second = params["quality"] > 0, params["quality2"] > 0
-    n_jpeg, n_second = torch.stack([has_jpeg.sum(), has_second.sum()]).tolist()
+    quantised = (noisy * 255).round() / 255
+    if clean.requires_grad:
+        quantised = noisy + (quantised - noisy).detach()  # straight through
     out = quantised
-    if n_jpeg:
-        index = torch.argsort(has_jpeg.int(), descending=True, stable=True)[:n_jpeg]
-        out = out.index_copy(0, index, jpeg(out[index], params["quality"][index], params["subsampling"][index]))
-    if n_second:
-        index = torch.argsort(has_second.int(), descending=True, stable=True)[:n_second]
-        shifted = _shifted_jpeg(
-            out[index], params["quality2"][index], params["subsampling"][index], params["shift_y"][index],
-            params["shift_x"][index],
-        )  # fmt: skip
-        out = out.index_copy(0, index, shifted)
-    if "unclipped" in params:
+    with host_side():  # host tensors only: no device read
+        first, second = (host[key].cpu().nonzero().flatten().tolist() for key in ("quality", "quality2"))
+        codes = host["subsampling"].cpu().tolist()
+        unclipped = "unclipped" in host and bool(host["unclipped"].any())
+        untouched = bool(((host["sigma_255"] == 0) & (host["quality"] == 0)).any())
+    if first:
+        out = _on_subset(out, first, lambda x, i: jpeg(x, params["quality"][i], [codes[j] for j in first], codec))
+    if second:
+        subset = [codes[j] for j in second]
+        out = _on_subset(
+            out,
+            second,
+            lambda x, i: shifted_jpeg(
+                x, params["quality2"][i], subset, params["shift_y"][i], params["shift_x"][i], codec
+            ),
+        )
+    if unclipped:
         out = torch.where(params["unclipped"][:, None, None, None], awgn, out)
-    untouched = ((params["sigma_255"] == 0) & (params["quality"] == 0))[:, None, None, None]
-    return torch.where(untouched, clean, out)
+    if untouched:  # samples with neither noise nor JPEG are returned exactly as given
+        out = torch.where(((params["sigma_255"] == 0) & (params["quality"] == 0))[:, None, None, None], clean, out)
+    return out
 
 
-def _shifted_jpeg(
-    image: torch.Tensor, quality: torch.Tensor, subsampling: torch.Tensor, shift_y: torch.Tensor, shift_x: torch.Tensor
+def _on_subset(batch: torch.Tensor, members: list[int], fn) -> torch.Tensor:
+    """`fn(batch[members], index)` written back into a copy of `batch`; the whole batch needs no gather."""
+    if len(members) == batch.shape[0]:
+        return fn(batch, slice(None))
+    index = host_index(members, batch.device)
+    return batch.index_copy(0, index, fn(batch[index], index))
+
+
+def shifted_jpeg(
+    image: torch.Tensor,
+    quality: torch.Tensor,
+    subsampling: Sequence[int],
+    shift_y: torch.Tensor,
+    shift_x: torch.Tensor,
+    codec: str = "auto",
 ) -> torch.Tensor:
-    """JPEG with the block grid moved by (shift_y, shift_x) per sample, as after a crop between two saves.
+    """JPEG of each sample of `image` with the block grid moved by (shift_y, shift_x), as a second save after a
+    crop; `subsampling` holds host codes, as `jpeg` takes them.
 
     Each sample is embedded in a canvas 8 px larger at its (shift_y, shift_x) offset, the canvas edge-replicated
     around it, compressed, and cut back out; one gather per axis, no loop over samples.
@@ -159,7 +221,7 @@ def _shifted_jpeg(
     canvas = image.gather(2, rows[:, None, :, None].expand(n, c, h + 8, w)).gather(
         3, cols[:, None, None, :].expand(n, c, h + 8, w + 8)
     )
-    coded = jpeg(canvas, quality, subsampling)
+    coded = jpeg(canvas, quality, subsampling, codec)
     rows_back = (torch.arange(h, device=image.device)[None] + shift_y[:, None])[:, None, :, None]
     cols_back = (torch.arange(w, device=image.device)[None] + shift_x[:, None])[:, None, None, :]
     return coded.gather(2, rows_back.expand(n, c, h, w + 8)).gather(3, cols_back.expand(n, c, h, w))

@@ -17,6 +17,9 @@ per-sample code from `SUBSAMPLING`.
 from __future__ import annotations
 
 import functools
+import importlib.util
+import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,36 +60,106 @@ def quant_tables(quality: torch.Tensor) -> torch.Tensor:
     return tables.clamp(1, 255)  # force_baseline, as Pillow asks for
 
 
-def jpeg(image: torch.Tensor, quality: torch.Tensor, subsampling: torch.Tensor | None = None) -> torch.Tensor:
+CODECS = ("auto", "compiled", "float64", "int32")
+
+
+def resolve_codec(name: str, device: torch.device) -> str:
+    """`auto` -> `compiled` on CUDA with Triton (the float64 codec fused by torch.compile: few kernel launches),
+    `int32` on MPS (no float64 there), else `float64` (eager: on a CPU a cold compile costs minutes, more than it
+    saves in a short run); an explicit name passes through. All are bit-exact to libjpeg; they differ in speed only
+    (`python -m bench.degradation`). `compiled` also runs on the CPU (Inductor's C++ backend, needs a compiler).
+    """
+    if name not in CODECS:
+        raise ValueError(f"unknown degrade.codec '{name}': choose one of {', '.join(CODECS)}")
+    if name != "auto":
+        return name
+    if device.type == "mps":
+        return "int32"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        return "compiled"
+    return "float64"
+
+
+def jpeg(
+    image: torch.Tensor,
+    quality: torch.Tensor,
+    subsampling: torch.Tensor | Sequence[int] | None = None,
+    codec: str = "auto",
+) -> torch.Tensor:
     """Encode + decode each sample of `image` as libjpeg would; differentiable through a float surrogate.
 
-    `image` is first rounded to 8 bits (a JPEG encoder only sees 8-bit pixels). `subsampling` defaults to 4:2:0,
-    libjpeg's and Pillow's default. Samples are grouped by subsampling mode (at most three groups), never looped;
-    the group sizes are the one host-device sync.
+    `image` is first rounded to 8 bits (a JPEG encoder only sees 8-bit pixels). `subsampling` (per-sample codes)
+    defaults to 4:2:0, libjpeg's and Pillow's default. Samples are grouped by subsampling mode (at most three
+    groups), never looped. Pass the codes as a host sequence (the trainer does) and nothing here reads the device;
+    a device tensor is read once to size the groups.
     """
     n = image.shape[0]
-    if subsampling is None:
-        subsampling = torch.full((n,), SUBSAMPLING["4:2:0"], device=image.device)
+    codes = [SUBSAMPLING["4:2:0"]] * n if subsampling is None else subsampling
+    codes = codes.tolist() if isinstance(codes, torch.Tensor) else list(codes)  # host codes: no device read
     tables = quant_tables(quality.to(image.device))
-    order = torch.argsort(subsampling, stable=True)
-    counts = torch.stack([(subsampling == code).sum() for code in _FACTORS]).tolist()
+    kind = resolve_codec(codec, image.device)
+    groups = {code: [i for i, c in enumerate(codes) if c == code] for code in sorted(set(codes))}
+    if len(groups) == 1:
+        code = codes[0] if codes else SUBSAMPLING["4:2:0"]
+        return _jpeg_group(image, tables, _FACTORS[code], kind)
     out = torch.empty_like(image)
-    start = 0
-    for code, count in enumerate(counts):
-        index, start = order[start : start + count], start + count
-        if count:
-            out[index] = _jpeg_group(image[index], tables[index], _FACTORS[code])
+    for code, members in groups.items():
+        index = host_index(members, image.device)
+        out[index] = _jpeg_group(image[index], tables[index], _FACTORS[code], kind)
     return out
 
 
-def _jpeg_group(image: torch.Tensor, tables: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
+def host_index(members: Sequence[int], device: torch.device) -> torch.Tensor:
+    """An index tensor on `device` from host integers, copied without a sync (pinned memory on CUDA)."""
+    index = torch.tensor(members, dtype=torch.int64)
+    if device.type != "cuda":
+        return index.to(device)
+    return index.pin_memory().to(device, non_blocking=True)
+
+
+def _jpeg_group(image: torch.Tensor, tables: torch.Tensor, factors: tuple[int, int], kind: str) -> torch.Tensor:
     with torch.no_grad():
-        pixels = image.detach().clamp(0, 1).mul(255).round().to(torch.int32)
-        exact = jpeg_int.codec(pixels, tables, factors).to(image.dtype).div_(255)
+        exact = _exact(image.detach(), tables, factors, kind)
     if not image.requires_grad:
         return exact
     soft = _soft_codec(image, tables.to(image.dtype), factors)
     return soft + (exact - soft).detach()
+
+
+def _exact(image: torch.Tensor, tables: torch.Tensor, factors: tuple[int, int], kind: str) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 1] -> libjpeg's decoded pixels, in the image's dtype, through the `kind` codec."""
+    height, width = image.shape[-2:]
+    if kind == "compiled" and not _COMPILE_FAILED:
+        try:
+            encode, decode = _compiled()
+            torch._dynamo.maybe_mark_dynamic(image, 0)  # kernels per (factors, H, W) serve any group size
+            return decode(*encode(image, tables, factors), height, width, factors, image.dtype)
+        except Exception as err:  # noqa: BLE001 (a compiler fault must not stop training; eager is exact too)
+            _COMPILE_FAILED.append(err)
+            warnings.warn(
+                f"degrade.codec=compiled failed ({type(err).__name__}: {err}); using float64 eager", stacklevel=2
+            )
+    work = torch.int32 if kind == "int32" else torch.float64
+    return _decode_unit(*_encode_unit(image, tables, factors, work), height, width, factors, image.dtype)
+
+
+_COMPILE_FAILED: list[Exception] = []
+
+
+def _encode_unit(image, tables, factors, work=torch.float64):
+    pixels = image.clamp(0, 1).mul(255).round().to(work)
+    return jpeg_int.encode(pixels, tables.to(work), factors)
+
+
+def _decode_unit(luma, chroma, height, width, factors, dtype):
+    return jpeg_int.decode(luma, chroma, height, width, factors).to(dtype).div(255)
+
+
+@functools.cache
+def _compiled():
+    """`_encode_unit` and `_decode_unit` compiled: Inductor fuses each into a few loops (C++ on the CPU, Triton on
+    CUDA). Compiled once per process; Inductor's on-disk cache makes later processes start in seconds."""
+    return torch.compile(_encode_unit), torch.compile(_decode_unit)
 
 
 # --- float surrogate: the gradient path ----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def save(state: State, cfg: TrainConfig, path: Path) -> None:
             "model_name": cfg.model.name,
             "model_kwargs": dict(cfg.model.kwargs),
             "ema": model_state(state.ema.module) if state.ema is not None else None,
-            "ema_n_averaged": int(state.ema.n_averaged) if state.ema is not None else 0,
+            "ema_n_averaged": state.ema.n_averaged if state.ema is not None else 0,
             "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
             "step": state.step,
@@ -70,7 +70,7 @@ def restore(state: State, path: Path) -> dict:
     state.optimizer.load_state_dict(saved["optimizer"])
     if state.ema is not None and saved["ema"] is not None:
         state.ema.module.load_state_dict(saved["ema"])
-        state.ema.n_averaged.fill_(saved["ema_n_averaged"])
+        state.ema.n_averaged = saved["ema_n_averaged"]
     if state.scaler is not None and saved["scaler"] is not None:
         state.scaler.load_state_dict(saved["scaler"])
     state.step, state.best_psnr = saved["step"], saved["best_psnr"]

@@ -24,12 +24,47 @@ from train.config import TrainConfig, save_config, to_dict
 from train.distributed import DistEnv, mean_over_ranks
 
 
+class DeviceClock:
+    """GPU-busy share from CUDA events: for each step, the device time from its first queued kernel to its last,
+    summed over a log window and divided by the window's wall time. A GPU starved by the loader or by host work
+    between steps shows as idle; gaps inside a step (a launch-bound step) do not: `bench.step` measures those with
+    the profiler. Off (None) on other devices. Reading the events waits for the window's last step: log steps only.
+    """
+
+    def __init__(self, device: torch.device):
+        self.enabled = device.type == "cuda"
+        self.pairs: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def start(self) -> torch.cuda.Event | None:
+        if not self.enabled:
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, start: torch.cuda.Event | None) -> None:
+        if start is not None:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.pairs.append((start, end))
+
+    def take_seconds(self) -> float | None:
+        """Device seconds of the steps since the last call (None when off)."""
+        if not self.enabled or not self.pairs:
+            return None
+        self.pairs[-1][1].synchronize()
+        seconds = sum(start.elapsed_time(end) for start, end in self.pairs) / 1000
+        self.pairs = []
+        return seconds
+
+
 class RunLogger:
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, start_step: int, device: torch.device, env: DistEnv | None = None
     ):
         self.env = env or DistEnv()
         self.cfg, self.main = cfg, self.env.is_main
+        self.clock = DeviceClock(device)
         if not self.main:
             self._reset()
             return
@@ -68,8 +103,11 @@ class RunLogger:
             return math.isfinite(loss)
         seconds = time.perf_counter() - self.window_start
         images = self.images * self.env.world_size  # every rank draws the same batch size
-        row = {"step": step, "loss": loss, "loss_input": input_loss, "lr": lr, "img_per_s": images / seconds,
-               "data_wait_share": self.waited / seconds} | _degradation_stats(self.params)  # fmt: skip
+        row = {"step": step, "loss": loss, "loss_input": input_loss, "lr": lr, "img_per_s": images / seconds}
+        row["data_wait_share"] = self.waited / seconds
+        if (busy := self.clock.take_seconds()) is not None:
+            row["gpu_busy_share"] = busy / seconds
+        row |= _degradation_stats(self.params)
         self._write(row)
         self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{row['img_per_s']:.1f}", wait=f"{row['data_wait_share']:.0%}")
         if self.wandb is not None:

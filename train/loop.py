@@ -14,21 +14,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from evaluate.metrics import ssim
 from model import create_model, unwrap, warm_start
 from model.condition import condition_from_params
 from pipeline.degrade import sample_and_degrade
 from pipeline.health import DataSkipLimit
+from pipeline.jpeg import resolve_codec
 from pipeline.loader import make_loader
+from pipeline.sync import OpCounter
 from pipeline.valset import ValSet, build_folder_valset, build_valset
 from train import distributed
 from train.checkpoint import restore, save, set_rng_state
 from train.config import LossConfig, OptimConfig, TrainConfig
 from train.distributed import DistEnv
+from train.ema import Ema
 from train.logger import RunLogger
 from train.precision import amp_dtype, describe
 from train.validate import validate_sets
@@ -90,9 +93,10 @@ class State:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    ema: AveragedModel | None
+    ema: Ema | None
     scaler: torch.amp.GradScaler | None
-    generator: torch.Generator
+    generator: torch.Generator  # on the device: noise, withheld conditions
+    host_generator: torch.Generator  # on the CPU: the degradation parameters (group sizes known without a sync)
     env: DistEnv = field(default_factory=DistEnv)
     step: int = 0
     best_psnr: float = -math.inf
@@ -109,14 +113,18 @@ def build_state(cfg: TrainConfig, device: torch.device, env: DistEnv | None = No
     model = model.to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = None
-    if cfg.optim.ema_decay > 0:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    ema = Ema(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     model = distributed.wrap(model, device, env)
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    fused = device.type in ("cuda", "cpu")  # one op for the whole update (MPS: foreach)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+        model.parameters(),
+        lr=cfg.optim.lr,
+        betas=betas,
         weight_decay=cfg.optim.weight_decay,
-    )  # fmt: skip
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
     if cfg.run.compile:
         model = torch.compile(model)  # checkpoints unwrap `_orig_mod.` and `module.` (model.model_state)
     dtype = amp_dtype(cfg.run.amp, device)
@@ -124,33 +132,43 @@ def build_state(cfg: TrainConfig, device: torch.device, env: DistEnv | None = No
     seed = distributed.rank_seed(cfg.run.seed, env.rank)
     if env.rank > 0:
         torch.manual_seed(seed)  # any global-RNG use differs per rank too; rank 0 keeps the single-process stream
-    generator = torch.Generator(device).manual_seed(seed)  # degradations and withheld conditions: per rank
-    return State(model, optimizer, ema, scaler, generator, env)
+    generator = torch.Generator(device).manual_seed(seed)  # reseeded each step (step_seed): per rank and step
+    return State(model, optimizer, ema, scaler, generator, torch.Generator().manual_seed(seed), env)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one rank's step: degradations are a pure function of (seed, rank, step), so resuming at any step
+    needs no RNG replay and ranks never share a stream."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 def train_step(
     state: State, clean: torch.Tensor, cfg: TrainConfig, lr: float, dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step; returns (loss, loss of the degraded input) and the degradation parameters, as
-    device tensors (no sync)."""
+    device tensors. Nothing here reads the device (tests/test_train_sync.py): a GPU runs ahead of the host."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     if cfg.run.channels_last:
         clean = clean.contiguous(memory_format=torch.channels_last)
-    degraded, params = sample_and_degrade(clean, cfg.degrade, state.generator, state.step / cfg.run.steps)
+    seed = step_seed(cfg.run.seed, state.env.rank, state.step)
+    state.generator.manual_seed(seed)
+    state.host_generator.manual_seed(seed)
+    progress = state.step / cfg.run.steps
+    degraded, params = sample_and_degrade(clean, cfg.degrade, state.generator, progress, state.host_generator)
     condition = None
     if getattr(unwrap(state.model), "film", None) is not None:
         condition = condition_from_params(params, state.generator, cfg.model.p_withheld)
     losses = backward(state, clean, degraded, condition, cfg, dtype)
     if cfg.optim.clip_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.clip_grad_norm)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.clip_grad_norm, foreach=True)
     if state.scaler is not None:
         state.scaler.step(state.optimizer)
         state.scaler.update()
     else:
         state.optimizer.step()
     if state.ema is not None:
-        state.ema.update_parameters(unwrap(state.model))
+        state.ema.update(unwrap(state.model))
     return losses, params
 
 
@@ -208,6 +226,7 @@ def fit(
         set_rng_state(rng, state.generator)
     dtype = amp_dtype(cfg.run.amp, device)
     logger.message(describe(dtype, device, cfg.run.channels_last))
+    logger.message(f"degradation JPEG codec: {resolve_codec(cfg.degrade.codec, device)} (bit-exact to libjpeg)")
     handlers = _catch_signals(state, repeat_quits=env.world_size == 1)
     try:
         return _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after)
@@ -244,12 +263,20 @@ def _loop(
 ) -> dict:
     last_val: dict = {}
     end = min(cfg.run.steps, stop_after or cfg.run.steps)
-    world_size = state.env.world_size
+    world_size, first_step = state.env.world_size, state.step
     while state.step < end:
         wait_start = time.perf_counter()
         clean = next(loader)
         waited = time.perf_counter() - wait_start
-        loss, params = train_step(state, clean, cfg, lr_at(state.step, cfg.optim, cfg.run.steps, world_size), dtype)
+        lr = lr_at(state.step, cfg.optim, cfg.run.steps, world_size)
+        started = logger.clock.start()
+        if state.step == first_step:  # count what one step launches, once (a dispatch mode slows that step)
+            with OpCounter() as counter:
+                loss, params = train_step(state, clean, cfg, lr, dtype)
+            logger.message(f"ops per training step: {counter.total} ({_top(counter)})")
+        else:
+            loss, params = train_step(state, clean, cfg, lr, dtype)
+        logger.clock.stop(started)
         state.step += 1
         logger.record(state.step, loss, params, clean.shape[0], waited)
         logging_step = state.step % cfg.run.log_every == 0 or state.step == end
@@ -269,6 +296,10 @@ def _loop(
             logger.message(f"stopped by signal {signum} at step {state.step}; resume with --resume auto")
             break
     return last_val
+
+
+def _top(counter: OpCounter, count: int = 4) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counter.counts.most_common(count))
 
 
 def _validate_and_keep_best(
