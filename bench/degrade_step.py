@@ -75,10 +75,16 @@ def run(images, batch: int, patch: int, codecs: list[str], rounds: int, device: 
     mpix = batch * patch * patch / 1e6
     rates = {name: mpix / statistics.median(t) for name, t in times.items()}
     return {
-        "batch": batch, "patch": patch, "rounds": rounds, "threads": torch.get_num_threads(), "device": str(device),
-        "mpix_per_s": rates, "ratio_to_pillow": {c: rates[c] / rates["pillow"] for c in codecs},
-        "ops_per_call": ops, "seconds": times,
-    }  # fmt: skip
+        "batch": batch,
+        "patch": patch,
+        "rounds": rounds,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "mpix_per_s": rates,
+        "ratio_to_pillow": {c: rates[c] / rates["pillow"] for c in codecs},
+        "ops_per_call": ops,
+        "seconds": times,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = run(load_images(args.images), args.batch, args.patch, args.codecs.split(","), args.rounds,
-                 torch.device(args.device))  # fmt: skip
+    result = run(
+        load_images(args.images), args.batch, args.patch, args.codecs.split(","), args.rounds, torch.device(args.device)
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, rate in result["mpix_per_s"].items():

@@ -53,8 +53,9 @@ def test_gemm_codec_launches_a_fraction_of_the_butterflies_ops(device):
         counts = []
         for seed in range(4):  # different mixes of subsampling modes, double JPEG and untouched samples
             with OpCounter() as counter:
-                sample_and_degrade(clean, cfg, torch.Generator(device).manual_seed(seed), 1.0,
-                                   torch.Generator().manual_seed(seed))  # fmt: skip
+                sample_and_degrade(
+                    clean, cfg, torch.Generator(device).manual_seed(seed), 1.0, torch.Generator().manual_seed(seed)
+                )
             counts.append(counter.total)
         totals[codec] = max(counts)
     assert totals["float64"] <= FLOAT64_OPS_MAX and totals["float64"] * 4 < totals["int32"], totals

@@ -140,8 +140,11 @@ class RunLogger:
                 logged["val/samples"] = wandb.Image(result["grid"], caption="degraded | restored | clean")
             self.wandb.log(logged, step=step)
         if step >= self.cfg.run.sanity_steps and result["psnr_model"] < result["psnr_input"]:
-            self._warn("val", f"validation PSNR {result['psnr_model']:.2f} dB is still below the input's "
-                              f"{result['psnr_input']:.2f} dB after {step} steps")  # fmt: skip
+            self._warn(
+                "val",
+                f"validation PSNR {result['psnr_model']:.2f} dB is still below the input's "
+                f"{result['psnr_input']:.2f} dB after {step} steps",
+            )
 
     def message(self, text: str) -> None:
         if not self.main:
@@ -226,5 +229,12 @@ def _start_wandb(cfg: TrainConfig, run_dir: Path):
     resuming = id_file.exists() and (run_dir / "last.pt").exists()
     run_id = id_file.read_text().strip() if resuming else secrets.token_hex(4)
     id_file.write_text(run_id)
-    return wandb.init(project=cfg.log.project, dir=str(run_dir), mode=cfg.log.wandb, id=run_id, resume="allow",
-                      config=to_dict(cfg), settings=wandb.Settings(console="off", silent=True))  # fmt: skip
+    return wandb.init(
+        project=cfg.log.project,
+        dir=str(run_dir),
+        mode=cfg.log.wandb,
+        id=run_id,
+        resume="allow",
+        config=to_dict(cfg),
+        settings=wandb.Settings(console="off", silent=True),
+    )
