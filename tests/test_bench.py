@@ -247,3 +247,15 @@ def test_photo_bench_sizes_flop_limit_table_and_plot(tmp_path):
     assert rows[1]["vs_flop_limit"] == round(2.4 / limit, 1) and "error: exit 1" in photo.markdown(rows, limit)
     photo.plot(rows, limit, tmp_path / "photo.png")
     assert (tmp_path / "photo.png").stat().st_size > 1000
+
+
+def test_step_bench_times_the_training_step_and_chooses_a_batch(tmp_path):
+    from bench.step import main
+
+    out = tmp_path / "step.json"
+    sets = ["model.kwargs={width: 8}", "loader.patch_size=32", "degrade.codec=float64", "run.threads=1"]
+    argv = ["--out", str(out), "--batches", "2,4", "--steps", "2", "--device", "cpu"]
+    assert main(argv + [arg for s in sets for arg in ("--set", s)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["batch"] for row in result["rows"]] == [2, 4] and result["chosen_batch"] in (2, 4)
+    assert all(row["img_per_s"] > 0 and 100 < row["ops_per_step"] < 5000 for row in result["rows"])
