@@ -133,7 +133,8 @@ def _exact(image: torch.Tensor, tables: torch.Tensor, factors: tuple[int, int], 
         try:
             encode, decode = _compiled()
             torch._dynamo.maybe_mark_dynamic(image, 0)  # kernels per (factors, H, W) serve any group size
-            return decode(*encode(image, tables, factors), height, width, factors, image.dtype)
+            with torch._dynamo.config.patch(recompile_limit=COMPILED_VARIANTS):
+                return decode(*encode(image, tables, factors), height, width, factors, image.dtype)
         except Exception as err:  # noqa: BLE001 (a compiler fault must not stop training; eager is exact too)
             _COMPILE_FAILED.append(err)
             warnings.warn(
@@ -144,6 +145,7 @@ def _exact(image: torch.Tensor, tables: torch.Tensor, factors: tuple[int, int], 
 
 
 _COMPILE_FAILED: list[Exception] = []
+COMPILED_VARIANTS = 64  # (subsampling, H, W) variants each compiled function may hold (Dynamo's default: 8)
 
 
 def _encode_unit(image, tables, factors, work=torch.float64):
