@@ -22,6 +22,7 @@ from evaluate.baselines import Restorer, identity_restorer, make_baseline, model
 from evaluate.collect import Collector
 from evaluate.metrics import metric_label, psnr, ssim
 from evaluate.protocols import Cell, degrade, make_cells
+from model import is_conditioned
 from pipeline.io import to_tensor
 
 DEFAULT_SIGMAS = (5.0, 15.0, 25.0, 50.0)
@@ -90,7 +91,7 @@ def _restorers(model: nn.Module | None, baseline: str | None, device: torch.devi
     the true sigma and quality; conditioned models only) and the baseline."""
     restorers = {"model": identity_restorer if model is None else model_restorer(model.to(device))}
     if told:
-        if getattr(model, "film", None) is None:
+        if not is_conditioned(model):
             raise ValueError("told=True needs a conditioned model (one built with conditioned=True)")
         restorers["told"] = model_restorer(model, told=True)
     if baseline:

@@ -27,7 +27,7 @@ from evaluate.protocols import Cell
 from evaluate.release_report import render, replace_block
 from evaluate.report import _jsonable, write_outputs
 from evaluate.strength import strength_figure
-from model import SHIPPED_MODEL, count_params, macs_per_megapixel
+from model import SHIPPED_MODEL, count_params, is_conditioned, macs_per_megapixel
 from pipeline.io import load_rgb8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model = load_model_arg(str(args.model))
     runs, bm3d, model_sha = {}, {}, sha256(args.model)
-    conditioned = getattr(model, "film", None) is not None
+    conditioned = is_conditioned(model)
     for name in [args.prepare] if args.prepare else SETS:
         images, names = load_set(args.data_root, name)
         for protocol, sigmas, qualities in (("anchor", ANCHOR_SIGMAS, (None,)), ("real", GRID_SIGMAS, GRID_QUALITIES)):

@@ -42,6 +42,7 @@ from export.parity import (
 )
 from export.trt_plan import is_norm_layer
 from infer.pooling import POOLED_INPUTS, POOLED_OUTPUT, WHOLE_CORE, PoolRequest, attach_pooled_io, run_pooled
+from model import float32_modules
 
 DEFAULT_OPSET = 17  # the newest TensorRT 8.6's ONNX parser accepts
 EXPORT_SHAPE = (1, 3, 64, 64)
@@ -58,9 +59,8 @@ class OnnxGraph(nn.Module):
         self.pool_channels = attach_pooled_io(self.model, int(getattr(model, "stride", 1))) if pooled_io else 0
         if half:
             self.model.half()
-            film = getattr(self.model, "film", None)
-            if film is not None:
-                film.float()  # the condition MLP stays float32; NAFNet casts its scales to the features' dtype
+            for module in float32_modules(self.model):
+                module.float()  # e.g. NAFNet's condition MLP; the model casts its outputs to the features' dtype
 
     def forward(self, degraded: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """`(degraded[, condition])`, then with pooled I/O `(pooled_means, pooled_mix, pooled_core)`."""

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from export.checks import output_problem
-from model import load_model, select_state, unwrap
+from model import is_conditioned, load_model, select_state, unwrap
 from model.condition import encode_condition
 
 PARITY_SHAPE = (1, 3, 67, 93)  # odd height and width: never a multiple of the stride
@@ -49,7 +49,7 @@ class Source:
     @property
     def conditionable(self) -> bool:
         """True when the model accepts a `condition` (a FiLM-conditioned NAFNet)."""
-        return getattr(unwrap(self.model), "film", None) is not None
+        return is_conditioned(self.model)
 
 
 def load_source(path: str | os.PathLike) -> Source:

@@ -130,9 +130,8 @@ class TorchBackend(Backend):
         if precision == "fp32" and self.fp32_state is not None:
             self.module.load_state_dict(self.fp32_state)
             self.fp32_state = None
-        film = getattr(self.module, "film", None)
-        if isinstance(film, nn.Module):
-            film.float()
+        for module in model_api.float32_modules(self.module):
+            module.float()
 
     def _run(self, inputs: torch.Tensor, condition: torch.Tensor | None, pooling: PoolRequest | None) -> torch.Tensor:
         if self.conditioned and condition is None:
@@ -234,7 +233,7 @@ def open_backend(
     if runtime not in ("auto", "torch"):
         raise ValueError(f"{path.name} is a PyTorch file: it runs with --runtime torch, not {runtime}")
     module = model_api.load_model(path)
-    conditioned = getattr(module, "film", None) is not None
+    conditioned = model_api.is_conditioned(module)
     return TorchBackend(module, f"checkpoint:{path.name}", torch_device, precision, module.stride, conditioned)
 
 

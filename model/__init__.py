@@ -1,7 +1,13 @@
 """The one model API: `MODELS`, `create_model`, `load_model`, `model_state`, `count_params`, `macs_per_megapixel`.
 
 Every model maps `(N, 3, H, W)` float RGB in [0, 1] (any H, W) to a restored image of the same shape and dtype,
-and has a `stride` attribute (the multiple it pads to internally). Checkpoints written by the trainer are one dict
+and declares:
+- `stride`: the multiple it pads to internally;
+- `conditioned`: True when it also takes `(degraded, condition)`, a `model.condition` (N, 2) encoding of sigma and
+  quality (trainer, evaluation, export and infer ask `is_conditioned`, never a layer's name);
+- `float32_modules()`: the submodules that stay float32 when the rest runs in fp16 (`float32_modules`).
+
+Checkpoints written by the trainer are one dict
 `{"model": state_dict, "model_name": str, "model_kwargs": dict, "ema": state_dict | None, ...}` (STYLE.md section 4);
 `load_model(path)` rebuilds the model from that alone. Nothing here downloads anything.
 """
@@ -27,6 +33,7 @@ MODELS: dict[str, type[nn.Module]] = {"nafnet": NAFNet, "resnet": ResNet}
 # The model the repository ships: what `infer`, `demo` and the exports use when no model is named.
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "nafnet16-strength-cbsd432.pt"
 
+FLOAT32_CHILDREN = ("film",)  # NAFNet.float32_modules(), by name, for TorchScript modules
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel / AveragedModel, torch.compile
 
 
@@ -35,6 +42,25 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     return MODELS[name](**kwargs)
+
+
+def is_conditioned(model: nn.Module) -> bool:
+    """Whether `model` (wrapped or not) takes a condition: what it declares in `conditioned` (the model API)."""
+    inner = unwrap(model)
+    declared = getattr(inner, "conditioned", None)
+    if not isinstance(declared, bool):
+        raise TypeError(f"{type(inner).__name__} does not declare `conditioned` (a bool): see model/__init__.py")
+    return declared
+
+
+def float32_modules(model: nn.Module) -> list[nn.Module]:
+    """The submodules of `model` to keep in float32 under fp16 (NAFNet's condition MLP), as it declares them.
+
+    A TorchScript module keeps no Python methods: there the children NAFNet names in `FLOAT32_CHILDREN` are used."""
+    inner = unwrap(model)
+    if isinstance(inner, torch.jit.ScriptModule):
+        return [child for name, child in inner.named_children() if name in FLOAT32_CHILDREN]
+    return list(inner.float32_modules())
 
 
 def count_params(model: nn.Module) -> int:

@@ -79,6 +79,15 @@ class NAFNet(nn.Module):
         restored = padded + self.ending(feats)
         return restored[:, :, :height, :width]
 
+    @property
+    def conditioned(self) -> bool:
+        """True when built with `conditioned=True`: `forward(degraded, condition)` then takes a condition."""
+        return self.film is not None
+
+    def float32_modules(self) -> list[nn.Module]:
+        """The condition MLP stays float32 under fp16 (its scales are cast to the features' dtype)."""
+        return [self.film] if self.film is not None else []
+
     def _films(self, degraded: torch.Tensor, condition: torch.Tensor | None) -> list:
         if self.film is None:
             if condition is not None:

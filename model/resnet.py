@@ -21,9 +21,13 @@ class ResNet(nn.Module):
     def __init__(self, in_channels: int = 3, width: int = 32, num_blocks: int = 6) -> None:
         super().__init__()
         self.stride = 1
+        self.conditioned = False
         self.head = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
         self.body = nn.Sequential(*(ResidualBlock(width) for _ in range(num_blocks)))
         self.tail = zero_init_(nn.Conv2d(width, in_channels, kernel_size=3, padding=1))
+
+    def float32_modules(self) -> list[nn.Module]:
+        return []
 
     def forward(self, degraded: torch.Tensor) -> torch.Tensor:
         """Restore `(N, C, H, W)` images; the result has the same shape and dtype."""

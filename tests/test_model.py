@@ -10,8 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from model import MODELS, count_params, create_model, load_model, macs_per_megapixel, model_state
+from model import (
+    MODELS,
+    count_params,
+    create_model,
+    float32_modules,
+    is_conditioned,
+    load_model,
+    macs_per_megapixel,
+    model_state,
+)
 from model.blocks import LayerNorm2d
+from model.condition import encode_condition
 
 SMALL_KWARGS = {
     "nafnet": {"width": 8, "enc_blocks": (1, 1), "middle_blocks": 1, "dec_blocks": (1, 1)},
@@ -54,6 +64,30 @@ def test_forward_keeps_shape_and_dtype(name, shape, device):
     assert restored.shape == degraded.shape and restored.dtype == degraded.dtype
     assert torch.isfinite(restored).all()
     assert isinstance(model.stride, int) and model.stride >= 1
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_every_model_declares_whether_it_takes_a_condition(name, conditioned, device):
+    """The model API's `conditioned` (asked through `is_conditioned`, wrappers included) matches what forward takes."""
+    kwargs = SMALL_KWARGS[name] | ({"conditioned": True} if conditioned else {})
+    if conditioned and name != "nafnet":
+        pytest.skip(f"{name} has no conditioned variant")
+    model = create_model(name, **kwargs).to(device).eval()
+    assert is_conditioned(model) is conditioned and is_conditioned(AveragedModel(model)) is conditioned
+    degraded = torch.rand(2, 3, 16, 16, device=device)
+    with torch.no_grad():
+        if conditioned:
+            model(degraded, encode_condition(2, device=device))
+        else:
+            with pytest.raises((TypeError, ValueError)):  # no such argument / "this model is not conditioned"
+                model(degraded, encode_condition(2, device=device))
+    assert all(isinstance(m, nn.Module) for m in float32_modules(model)) and bool(float32_modules(model)) is conditioned
+
+
+def test_a_model_that_does_not_declare_conditioning_is_refused():
+    with pytest.raises(TypeError, match="does not declare `conditioned`"):
+        is_conditioned(nn.Conv2d(3, 3, 3))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluate.metrics import ssim
-from model import create_model, unwrap, warm_start
+from model import create_model, is_conditioned, unwrap, warm_start
 from model.condition import condition_from_params
 from pipeline.degrade import sample_and_degrade
 from pipeline.health import DataSkipLimit
@@ -157,7 +157,7 @@ def train_step(
     progress = state.step / cfg.run.steps
     degraded, params = sample_and_degrade(clean, cfg.degrade, state.generator, progress, state.host_generator)
     condition = None
-    if getattr(unwrap(state.model), "film", None) is not None:
+    if is_conditioned(state.model):
         condition = condition_from_params(params, state.generator, cfg.model.p_withheld)
     losses = backward(state, clean, degraded, condition, cfg, dtype)
     if cfg.optim.clip_grad_norm > 0:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from evaluate.metrics import psnr, ssim
-from model import unwrap
+from model import is_conditioned
 from model.condition import condition_from_params
 from pipeline.io import to_rgb8_array
 from pipeline.valset import ValSet
@@ -65,7 +65,7 @@ def validate(
     model.eval()
     rows: dict[str, list[torch.Tensor]] = {"psnr_input": [], "psnr_model": [], "ssim_input": [], "ssim_model": []}
     grid: list[np.ndarray] = []
-    conditioned = getattr(unwrap(model), "film", None) is not None
+    conditioned = is_conditioned(model)
     if conditioned:
         rows["psnr_conditioned"] = []
     for clean, degraded, params in valset.batches(cfg.batch_size, device):
