@@ -150,26 +150,21 @@ def pillow_report() -> dict:
 def choices(cuda: bool, dali: dict, onnx: dict) -> dict:
     """What each part of the project will use on this machine, from the project's own selection functions."""
     try:
+        from pipeline.device import resolve_device
         from pipeline.loader import resolve_backend
         from train.config import default_config
-        from train.loop import pick_device
         from train.precision import amp_dtype
     except Exception as err:  # the report must still come out when the project itself does not import
         return {"error": f"the project does not import: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
 
-    device = pick_device("auto")
+    device = resolve_device("auto")
     cfg = default_config(device.type)
     loader = resolve_backend("auto")
     loader_note = "DALI mixed (GPU) decode" if loader == "dali" else "webdataset + PIL workers"
     if loader == "dali" and not dali["imports"]:
         loader_note = f"DALI is picked but will fail: {dali['why_not']}"
     ort_gpu = [p for p in onnx["providers"] if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
-    try:
-        from infer.memory import resolve_device
-
-        infer_device = str(resolve_device("auto"))
-    except ImportError:  # an older checkout without infer/: it would follow the trainer's order
-        infer_device = f"{device} (infer/ is not in this checkout)"
+    infer_device = str(device)  # the one resolver (pipeline.device) serves every command
     return {
         "train_device": str(device),
         "loader_auto": loader,

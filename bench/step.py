@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from bench.timing import sync
+from pipeline.device import resolve_device
 from pipeline.sync import OpCounter
 from train.config import load_config
-from train.loop import build_state, pick_device, train_step
+from train.loop import build_state, train_step
 from train.precision import amp_dtype
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     rows = [measure(args.config, args.sets, int(b), args.steps, device) for b in args.batches.split(",")]
     result = {
         "device": str(device),

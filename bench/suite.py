@@ -25,6 +25,7 @@ import torch
 
 from bench import report
 from bench.config import SuiteConfig, suite_config
+from pipeline.device import resolve_device
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -139,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sections: unknown {unknown or 'empty'}; choose from {', '.join(SECTIONS)}")
     if args.out.suffix != ".json":
         parser.error(f"--out must name a .json file, got {args.out}")
-    from train.loop import pick_device
-
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     settings = suite_config(device.type, args.quick)
     shards = prepare_shards(args.shards, args.out, settings)
     command = "python -m bench.suite " + " ".join(argv if argv is not None else sys.argv[1:])

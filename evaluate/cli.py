@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from evaluate.baselines import BASELINES
-from evaluate.harness import evaluate, resolve_device
+from evaluate.harness import evaluate
 from evaluate.protocols import PROTOCOLS, parse_qualities, parse_sigmas
 from evaluate.report import write_outputs
+from pipeline.device import resolve_device
 from pipeline.io import IMAGE_SUFFIXES, ImageError, explain_error, image_entries, load_rgb8
 
 

@@ -23,22 +23,12 @@ from evaluate.collect import Collector
 from evaluate.metrics import metric_label, psnr, ssim
 from evaluate.protocols import Cell, degrade, make_cells
 from model import is_conditioned
+from pipeline.device import resolve_device
 from pipeline.io import to_tensor
 
 DEFAULT_SIGMAS = (5.0, 15.0, 25.0, 50.0)
 DEFAULT_QUALITIES = (10, 30, 50, 90, None)
 METHODS_BASE = ("input", "model")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda, else mps, else cpu; any other name is taken as a torch device string."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def _measure(view: torch.Tensor, clean: torch.Tensor, y_channel: bool, crop_border: int) -> tuple[float, float]:

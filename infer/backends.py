@@ -24,9 +24,9 @@ from torch import nn
 
 import model as model_api
 from export.checks import output_problem
-from infer.memory import resolve_device
 from infer.pooling import PoolRequest, attach_pooled_io, run_pooled
 from model.condition import encode_condition
+from pipeline.device import resolve_device
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_STRIDE = 16  # for files that do not record their stride: the default NAFNet's (and a multiple of ResNet's 1)

@@ -1,4 +1,4 @@
-"""Devices and memory: which device to run on, how much memory is free there, how much a model needs per pixel.
+"""Memory: how much memory is free there, how much a model needs per pixel.
 
 `tiling.restore` uses these to decide between whole-image and tiled inference when the caller names no tile size.
 Free memory: CUDA from `torch.cuda.mem_get_info` (plus what torch's cache holds but does not use); CPU from
@@ -28,36 +28,6 @@ class Runnable(Protocol):
     stride: int
 
     def __call__(self, degraded: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor: ...
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU; an explicit device that is not available fails with a clear message."""
-    name = str(device).lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if _mps_available() else "cpu")
-    try:
-        chosen = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from err
-    if chosen.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {name!r} was asked for but CUDA is not available here "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu or auto"
-            )
-        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
-    elif chosen.type == "mps" and not _mps_available():
-        raise ValueError(f"device {name!r} was asked for but MPS (Apple GPU) is not available here; use --device cpu")
-    elif chosen.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    return chosen
-
-
-def _mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
 def free_bytes(device: torch.device) -> int:

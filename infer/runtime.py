@@ -18,7 +18,7 @@ import torch
 
 import model as model_api
 from infer.backends import Backend, open_backend
-from infer.memory import resolve_device
+from pipeline.device import resolve_device
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 FASTEST = {"cpu": ("openvino", "onnxruntime", "torch"), "cuda": ("torch",), "mps": ("torch",)}

@@ -22,6 +22,7 @@ from evaluate.metrics import ssim
 from model import create_model, is_conditioned, unwrap, warm_start
 from model.condition import condition_from_params
 from pipeline.degrade import sample_and_degrade
+from pipeline.device import resolve_device
 from pipeline.health import DataSkipLimit
 from pipeline.jpeg import resolve_codec
 from pipeline.loader import make_loader
@@ -37,19 +38,6 @@ from train.precision import amp_dtype, describe
 from train.validate import validate_sets
 
 LR_SCALING = {"none": lambda _n: 1.0, "sqrt": math.sqrt, "linear": float}  # peak lr factor for N ranks
-
-
-def pick_device(name: str) -> torch.device:
-    """auto -> CUDA, then MPS, then CPU; an explicit name must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("run.device=cuda but CUDA is not available; use run.device=auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("run.device=mps but MPS is not available; use run.device=auto or cpu")
-    return torch.device(name)
 
 
 def cpu_threads(cfg: TrainConfig, processes_per_node: int = 1) -> int:
@@ -206,7 +194,7 @@ def fit(
     degradations; rank 0 alone logs, validates and writes checkpoints (the others return {}).
     """
     env = distributed.current()
-    device = distributed.rank_device(pick_device(cfg.run.device), env)
+    device = distributed.rank_device(resolve_device(cfg.run.device), env)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg, env.local_world_size))
     state = build_state(cfg, device, env)

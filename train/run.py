@@ -15,10 +15,11 @@ import argparse
 import time
 from pathlib import Path
 
+from pipeline.device import resolve_device
 from pipeline.health import DataSkipLimit
 from train import checkpoint, distributed
 from train.config import load_config
-from train.loop import fit, pick_device
+from train.loop import fit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--resume: {err}") from None
     base = saved["config"] if saved is not None else None
     device_name = load_config("cpu", args.config, args.set, base).run.device
-    cfg = load_config(pick_device(device_name).type, args.config, args.set, base)
-    env = distributed.init(pick_device(cfg.run.device).type)
+    cfg = load_config(resolve_device(device_name).type, args.config, args.set, base)
+    env = distributed.init(resolve_device(cfg.run.device).type)
     finished = False
     try:
         result = fit(cfg, args.shards, run_dir, resume)
