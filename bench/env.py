@@ -152,8 +152,7 @@ def choices(cuda: bool, dali: dict, onnx: dict) -> dict:
     try:
         from pipeline.device import resolve_device
         from pipeline.loader import resolve_backend
-        from train.config import default_config
-        from train.precision import amp_dtype
+        from train import amp_dtype, default_config
     except Exception as err:  # the report must still come out when the project itself does not import
         return {"error": f"the project does not import: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
 

@@ -7,14 +7,11 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from bench.config import SuiteConfig
-
-if TYPE_CHECKING:
-    from train.config import TrainConfig
+from train import TrainConfig, to_dict
 
 SCHEMA = "ml-restoration/bench.suite/1"
 
@@ -23,7 +20,6 @@ def header(device: torch.device, settings: SuiteConfig, train_cfg: TrainConfig, 
     """Everything a reader needs to trust or reproduce the figures: device, versions, config, the command."""
     from bench.env import collect
     from shards.format import read_manifest
-    from train.config import to_dict
 
     env = collect()
     gpu = env["cuda"]["gpus"][device.index or 0]["name"] if device.type == "cuda" else None

@@ -21,14 +21,13 @@ from bench.degradation import device_rate
 from bench.stall import backend_ready, loader_ceiling
 from bench.timing import measure
 from pipeline.config import DegradeConfig, LoaderConfig
+from train import amp_dtype, build_state, cpu_threads, load_config, train_step
 
 
 def train_step_rate(
     batch: int, patch: int, device: torch.device, steps: int, repeats: int, extra: tuple[str, ...] = ()
 ) -> dict:
     """Images/s of `train.loop.train_step` on the device's default model, random `clean` batches already on device."""
-    from train.config import load_config
-    from train.loop import amp_dtype, build_state, cpu_threads, train_step
 
     sets = [f"run.device={device.type}", f"loader.batch_size={batch}", f"loader.patch_size={patch}", *extra]
     cfg = load_config(device.type, None, sets)

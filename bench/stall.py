@@ -22,6 +22,7 @@ from bench.config import SuiteConfig
 from bench.timing import measure, significant
 from pipeline.config import LoaderConfig
 from pipeline.loader import dali_available, make_loader
+from train import fit, load_config, to_dict
 
 TARGET_DATA_WAIT_SHARE = 0.02  # on a GPU, at the default training config
 
@@ -92,8 +93,6 @@ def run_training(
     shards: Path, backend: str, device: torch.device, steps: int, log_every: int, extra: tuple[str, ...] = ()
 ) -> tuple[dict, LoaderConfig]:
     """Train `steps` steps with `train.loop.fit` in a scratch folder; returns the metrics summary and loader config."""
-    from train.config import load_config, to_dict
-    from train.loop import fit
 
     cfg = load_config(device.type, None, training_sets(backend, device, steps, log_every, extra))
     threads = torch.get_num_threads()

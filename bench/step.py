@@ -22,9 +22,7 @@ import torch
 from bench.timing import sync
 from pipeline.device import resolve_device
 from pipeline.sync import OpCounter
-from train.config import load_config
-from train.loop import build_state, train_step
-from train.precision import amp_dtype
+from train import amp_dtype, build_state, load_config, train_step
 
 
 def measure(config: Path | None, sets: list[str], batch: int, steps: int, device: torch.device) -> dict:

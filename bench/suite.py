@@ -19,23 +19,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from bench import report
 from bench.config import SuiteConfig, suite_config
 from pipeline.device import resolve_device
-
-if TYPE_CHECKING:
-    from train.config import TrainConfig
+from train import TrainConfig, load_config
 
 SECTIONS = ("stages", "degradation", "scaling", "training", "infer")
 
 
 def training_config(device: torch.device, settings: SuiteConfig) -> TrainConfig:
     """The device's default training config with the suite's extra overrides: the base every section varies."""
-    from train.config import load_config
 
     return load_config(device.type, None, [f"run.device={device.type}", *settings.train_sets])
 

@@ -19,7 +19,7 @@ import torch
 
 from bench.timing import sync
 from model import create_model
-from train.precision import cpu_native_bf16
+from train import cpu_native_bf16
 
 MODES = {
     "fp32": (False, False, False),

@@ -1,1 +1,25 @@
-"""The trainer: `python train/run.py --shards DIR` (see train/run.py)."""
+"""The trainer: `python train/run.py --shards DIR` (see train/run.py).
+
+The public entry points, for the benchmarks (bench/) and anyone driving training from Python; nothing else outside
+train/ imports from it (tests/test_architecture.py):
+- `fit(cfg, shards, run_dir)`, the training loop, and its parts `build_state` and `train_step`;
+- `load_config`, `default_config`, `to_dict`, `TrainConfig`: the typed configuration;
+- `amp_dtype`, `cpu_native_bf16`, `cpu_threads`: the precision and thread rules the trainer applies.
+"""
+
+from train.config import TrainConfig, default_config, load_config, to_dict
+from train.loop import build_state, cpu_threads, fit, train_step
+from train.precision import amp_dtype, cpu_native_bf16
+
+__all__ = [
+    "TrainConfig",
+    "amp_dtype",
+    "build_state",
+    "cpu_native_bf16",
+    "cpu_threads",
+    "default_config",
+    "fit",
+    "load_config",
+    "to_dict",
+    "train_step",
+]
