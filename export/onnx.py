@@ -6,7 +6,7 @@ Input `degraded` (N, 3, H, W) float32 in [0, 1] (plus `condition` (N, 4) float32
 statistics in float32 (`norm_precisions` reads that back from the graph). Model name, kwargs, step, stride,
 precision and inputs go into `metadata_props`.
 
-A model with global pooling (NAFNet's channel attention) also gets the pooled I/O of `infer.pooling`: inputs
+A model with global pooling (NAFNet's channel attention) also gets the pooled I/O of `model.pooling`: inputs
 `pooled_means`, `pooled_mix`, `pooled_core` with defaults stored in the file (local pooling: the plain model), and
 the output `pooled_sums`, so tiled inference of the graph can use whole-image statistics. Callers that feed only
 `degraded` (and `condition`) and read `restored` see the plain graph. Written by the opset-17 exporter only.
@@ -41,8 +41,8 @@ from export.parity import (
     staged,
 )
 from export.trt_plan import is_norm_layer
-from infer.pooling import POOLED_INPUTS, POOLED_OUTPUT, WHOLE_CORE, PoolRequest, attach_pooled_io, run_pooled
 from model import float32_modules
+from model.pooling import POOLED_INPUTS, POOLED_OUTPUT, WHOLE_CORE, PoolRequest, attach_pooled_io, run_pooled
 
 DEFAULT_OPSET = 17  # the newest TensorRT 8.6's ONNX parser accepts
 EXPORT_SHAPE = (1, 3, 64, 64)
@@ -114,7 +114,7 @@ def export_onnx(
 
 
 def check_pooled_parity(session, source: Source, shape: tuple[int, ...], conditioned: bool, tolerance: float) -> float:
-    """The pooled I/O against eager: the sums over a core, then the output with injected means (`infer.pooling`)."""
+    """The pooled I/O against eager: the sums over a core, then the output with injected means (`model.pooling`)."""
     model = copy.deepcopy(source.model)
     attach_pooled_io(model, source.stride)
     inputs = parity_inputs(shape, conditioned, seed=2)

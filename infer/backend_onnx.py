@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from infer.backends import DEFAULT_STRIDE, Backend, cpu_threads
-from infer.pooling import POOLED_INPUTS, POOLED_OUTPUT, PoolRequest
 from model.condition import encode_condition
+from model.pooling import POOLED_INPUTS, POOLED_OUTPUT, PoolRequest
 
 
 class OnnxBackend(Backend):

@@ -1,7 +1,7 @@
 """OpenVINO runtime for the ONNX files `export.onnx` writes: `OpenVinoBackend(path, precision)` (CPU only here).
 
 OpenVINO reads the ONNX file itself. Its ONNX reader folds inputs that have defaults (the pooled I/O inputs of
-`infer.pooling`) into constants, so the graph is handed over with those defaults removed: the pooled inputs are then
+`model.pooling`) into constants, so the graph is handed over with those defaults removed: the pooled inputs are then
 plain inputs, fed on every call (the defaults when no statistics are requested). Precision: fp32 computes in f32
 (`INFERENCE_PRECISION_HINT`); bf16 asks the CPU plugin for bf16, which is fast only on CPUs with native bf16
 (AVX512_BF16 / AMX) and is checked like every reduced-precision output (`infer.backends.Backend`).
@@ -17,8 +17,8 @@ import torch
 
 from infer.backend_onnx import pooled_feeds
 from infer.backends import DEFAULT_STRIDE, Backend, cpu_threads
-from infer.pooling import POOLED_INPUTS, POOLED_OUTPUT, WHOLE_CORE, PoolRequest
 from model.condition import encode_condition
+from model.pooling import POOLED_INPUTS, POOLED_OUTPUT, WHOLE_CORE, PoolRequest
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 

@@ -24,8 +24,8 @@ from torch import nn
 
 import model as model_api
 from export.checks import output_problem
-from infer.pooling import PoolRequest, attach_pooled_io, run_pooled
 from model.condition import encode_condition
+from model.pooling import PoolRequest, attach_pooled_io, run_pooled
 from pipeline.device import resolve_device
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,7 +42,7 @@ class Backend:
     `precision`: what it computes in now; `notes`: warnings for the user (precision fallbacks, provider changes).
     `fixed_hw` is `(H, W)` for a model file that only accepts one input size, `max_hw` the largest input a file
     accepts (a TensorRT profile), each None when there is no such limit. `pool_channels` is P > 0 when the backend
-    takes and returns whole-image pooling statistics (`infer.pooling`: eager checkpoints, ONNX files written by
+    takes and returns whole-image pooling statistics (`model.pooling`: eager checkpoints, ONNX files written by
     `export.onnx`), so tiles can use the image's statistics; 0 when tiles can only pool alone.
     """
 

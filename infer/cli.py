@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from infer.backends import PRECISIONS, Backend, open_backend, set_cpu_threads
 from infer.files import Job, Loaded, collect_inputs, describe_error, plan_outputs, read_image, write_png
-from infer.pooling import stats_plan
 from infer.runtime import RUNTIMES
 from infer.tiling import DEFAULT_OVERLAP, check_tile, restore
 from model import SHIPPED_MODEL
 from model.condition import encode_condition
+from model.pooling import stats_plan
 from pipeline.io import to_rgb8_array, to_tensor
 
 EPILOG = """examples:
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the whole image if it fits in memory, else the largest tile that fits")  # fmt: skip
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="tile overlap in pixels")
     parser.add_argument("--stats", default="auto", help="how tiles get whole-image pooling statistics: auto, local, "
-                        "sample:K, passes:N (infer.pooling.stats_plan)")  # fmt: skip
+                        "sample:K, passes:N (model.pooling.stats_plan)")  # fmt: skip
     parser.add_argument("--sigma", type=float, help="noise sigma (0-255 scale) to remove: conditioned models only")
     parser.add_argument("--quality", type=int, help="JPEG quality (1-100, 100 = no JPEG) the input was saved at: "
                         "conditioned models only; a value left out is estimated by the model")  # fmt: skip

@@ -4,7 +4,7 @@ Along each axis tiles start every `tile - overlap` pixels (multiples of the stri
 to end at the border. Each tile's window is zero on the `overlap // 4` pixels next to an edge shared with another
 tile (where zero padding corrupts the result), then a raised cosine up to one, and one at image borders. Each tile
 also has a core: the cores split the overlaps in the middle and partition the image, so features summed over the
-cores count every pixel once (`infer.pooling`).
+cores count every pixel once (`model.pooling`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Tiles (multiples of the model's stride, `infer.grid`) are weighted by their blending windows, summed and divided by
 the summed weights; a model whose receptive field reaches at most `overlap // 4` pixels (a small ResNet) gives the
 untiled output up to float rounding. NAFNet's global pooling would see only its tile: backends with pooled I/O
-(`infer.pooling`) get whole-image statistics from statistics passes over a sparse lattice of small tiles before the
+(`model.pooling`) get whole-image statistics from statistics passes over a sparse lattice of small tiles before the
 one full pass (`stats`; measured in docs/infer.md).
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from infer.grid import Box, fit_axis, tile_grid
 from infer.memory import Runnable, bytes_per_pixel, free_bytes
-from infer.pooling import PoolRequest, StatsPlan, backend_pools, downscaled_means, in_lattice, stats_plan
+from model.pooling import PoolRequest, StatsPlan, backend_pools, downscaled_means, in_lattice, stats_plan
 
 DEFAULT_OVERLAP = 32
 MIN_TILE = 256  # auto tiles never go below this: the tiled NAFNet stays within 0.05 dB of untiled (docs)

@@ -24,10 +24,10 @@ from infer.backends import open_backend
 from infer.cli import main as infer_main
 from infer.grid import cores, fit_axis
 from infer.memory import bytes_per_pixel
-from infer.pooling import PoolRequest, pooled_layers
 from infer.tiling import DEFAULT_OVERLAP, MIN_TILE, restore
 from model import create_model, load_model
 from model.condition import encode_condition
+from model.pooling import PoolRequest, pooled_layers
 from pipeline.device import resolve_device
 from pipeline.io import load_rgb8, to_tensor
 from pipeline.reference import degrade_reference

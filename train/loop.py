@@ -50,7 +50,7 @@ def cpu_threads(cfg: TrainConfig, processes_per_node: int = 1) -> int:
 def lr_at(step: int, cfg: OptimConfig, total_steps: int, world_size: int = 1) -> float:
     """Linear warmup to the peak, then cosine down to `peak * min_lr_ratio` at `total_steps` (pure, [nG] get_lr).
 
-    The peak is `lr` scaled for `world_size` ranks by `cfg.lr_scaling` (x1, x sqrt(N) or x N; docs/notes/ddp.md).
+    The peak is `lr` scaled for `world_size` ranks by `cfg.lr_scaling` (x1, x sqrt(N) or x N; docs/scaling.md).
     """
     peak = cfg.lr * LR_SCALING[cfg.lr_scaling](world_size)
     if step < cfg.warmup_steps:

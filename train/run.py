@@ -6,7 +6,7 @@ torchrun --nproc_per_node N train/run.py --shards DIR ...      (DDP: N processes
 With no --config the defaults fit the device found (CUDA, then MPS, then CPU). A resumed run starts from the config
 saved in its checkpoint, then applies --config and --set. `--resume auto` continues from RUN_DIR/last.pt when
 there is one (and starts fresh otherwise); it needs --out. Under torchrun every rank trains on its own shards and
-degradations with batch loader.batch_size; rank 0 logs, validates and checkpoints (docs/notes/ddp.md).
+degradations with batch loader.batch_size; rank 0 logs, validates and checkpoints (docs/scaling.md).
 """
 
 from __future__ import annotations
