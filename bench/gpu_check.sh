@@ -6,6 +6,8 @@
 #   tests_cuda   pytest -m cuda with TORCH_DEVICE=cuda (exit 5 = no test carries the marker)
 #   tests_device the device-parametrised tests (degradation, loaders, model) with TORCH_DEVICE=cuda
 #   dali_mixed   the DALI loader tests on CUDA, i.e. the `mixed` decoder (if DALI imports; else why not)
+#   degrade_step bench.degrade_step: the trainer's degradation call (compiled, float64) vs Pillow, ops per call
+#   step         bench.step: the release training step per batch size, ops, kernel-busy share, chosen batch
 #   degradation  bench.suite: device MPix/s vs Pillow/libjpeg on this machine's cores (degradation.json)
 #   training     bench.suite: a short training per loader backend, data-wait share, loader ceiling (training.json)
 #   scaling      bench.suite: pipeline stages and the scaling curves (scaling.json, scaling.png)
@@ -149,6 +151,10 @@ if [ -n "$missing" ]; then
   done
 else
   suite=("$py" -m bench.suite --quick --device "$device" --shards "$shards")
+  part degrade_step 90 "$py" -m bench.degrade_step --device "$device" --codecs compiled,float64 --batch 128 \
+    --threads "$(nproc 2>/dev/null || echo 1)" --out "$out/degrade_step.json"
+  part step 120 "$py" -m bench.step --config train/release_gpu.yaml --batches "${GPU_CHECK_BATCHES:-32,64,128,256}" \
+    --steps 10 --device "$device" --out "$out/step.json"
   part degradation 60 "${suite[@]}" --sections degradation --out "$out/degradation.json"
   part training 90 "${suite[@]}" --sections training --out "$out/training.json"
   part scaling 75 "${suite[@]}" --sections stages,scaling --out "$out/scaling.json"

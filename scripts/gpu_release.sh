@@ -31,7 +31,7 @@
 # but webdataset and braceexpand, so `.whl/` holds those two (81 kB), filled with:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
 #       webdataset==1.0.2 braceexpand==0.1.7
-# Environment: PYTHON (default .venv/bin/python if present, else python3), GPU_RELEASE_SHARDS (default
+# Environment: GPU_RELEASE_SETS (extra trainer overrides, space-separated A.B=V), PYTHON (default .venv/bin/python if present, else python3), GPU_RELEASE_SHARDS (default
 # data/cbsd432), GPU_RELEASE_TRAIN_S, GPU_RELEASE_CAL_STEPS, GPU_RELEASE_TOTAL_S; the run folders go to a new
 # folder under TMPDIR (default /tmp), printed at the end.
 set -uo pipefail
@@ -67,6 +67,9 @@ if [ "$rehearse" = 1 ]; then
 else
   train_s="${GPU_RELEASE_TRAIN_S:-480}" cal_steps="${GPU_RELEASE_CAL_STEPS:-60}"
   device_sets=(--set run.device=cuda)
+fi
+if [ -n "${GPU_RELEASE_SETS:-}" ]; then  # extra A.B=V overrides, space-separated (scripts/gpu.sh: the measured batch)
+  for item in $GPU_RELEASE_SETS; do device_sets+=(--set "$item"); done
 fi
 deadline=$((SECONDS + total_s))
 main_rc=1 main_wall=0

@@ -35,7 +35,7 @@ from train.distributed import DistEnv
 from train.ema import Ema
 from train.logger import RunLogger
 from train.precision import amp_dtype, describe
-from train.validate import validate_sets
+from train.validate import ValSetsResult, validate_sets
 
 LR_SCALING = {"none": lambda _n: 1.0, "sqrt": math.sqrt, "linear": float}  # peak lr factor for N ranks
 
@@ -187,7 +187,7 @@ def backward(
 
 def fit(
     cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = None, stop_after: int | None = None
-) -> dict:
+) -> ValSetsResult:
     """Train for `cfg.run.steps` steps (or until `stop_after`, a signal, or NaN); returns the last validation.
 
     Under torchrun (after `distributed.init`) every rank runs this: each reads its own shards and draws its own
@@ -206,7 +206,7 @@ def fit(
     if state.step >= min(cfg.run.steps, stop_after or cfg.run.steps):
         logger.message(f"nothing to do: the run is already at step {state.step} of {cfg.run.steps}")
         logger.close()
-        return {}
+        return ValSetsResult()
     if rng is not None:
         logger.message(f"resuming: replaying {state.step} batches so the data stream continues exactly")
         for _ in range(state.step):
@@ -248,8 +248,8 @@ def _loop(
     run_dir: Path,
     dtype: torch.dtype | None,
     stop_after: int | None,
-) -> dict:
-    last_val: dict = {}
+) -> ValSetsResult:
+    last_val = ValSetsResult()
     end = min(cfg.run.steps, stop_after or cfg.run.steps)
     world_size, first_step = state.env.world_size, state.step
     while state.step < end:
@@ -292,9 +292,9 @@ def _top(counter: OpCounter, count: int = 4) -> str:
 
 def _validate_and_keep_best(
     state: State, cfg: TrainConfig, valset: dict[str, ValSet] | None, logger: RunLogger, run_dir: Path
-) -> dict:
+) -> ValSetsResult:
     """Rank 0 validates (the EMA weights when kept) while the others wait; all save best.pt together."""
-    result, is_best = {}, False
+    result, is_best = ValSetsResult(), False
     if state.env.is_main:
         model = state.ema.module if state.ema is not None else unwrap(state.model)
         result = validate_sets(model, valset, cfg.val, next(model.parameters()).device, run_dir / "samples", state.step)

@@ -4,6 +4,7 @@ for the shards' val split and for each folder set (`val.sets`), reported one by 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -30,6 +31,25 @@ def _bucket_names(params: dict[str, torch.Tensor]) -> list[str]:
     return names
 
 
+class ValResult(TypedDict, total=False):
+    """One validation set: means over the degraded samples (dB, SSIM), per-bucket means, the sample grid's path."""
+
+    psnr_input: float
+    psnr_model: float
+    ssim_input: float
+    ssim_model: float
+    psnr_conditioned: float  # conditioned models: told the true sigma and quality
+    buckets: dict[str, dict[str, float]]
+    grid: str
+
+
+class ValSetsResult(ValResult, total=False):
+    """`validate_sets`: the first set's figures at the top level, each set's under `sets`, `psnr_select` for best.pt."""
+
+    psnr_select: float
+    sets: dict[str, ValResult]
+
+
 def validate_sets(
     model: torch.nn.Module,
     valsets: dict[str, ValSet],
@@ -37,7 +57,7 @@ def validate_sets(
     device: torch.device,
     samples_dir: Path,
     step: int,
-) -> dict:
+) -> ValSetsResult:
     """The first set's result (the shards' val split) at the top level, every set's under `sets`, and `psnr_select`:
     the mean model PSNR over the sets, each weighted alike, which picks best.pt."""
     results = {}
@@ -45,7 +65,7 @@ def validate_sets(
         results[name] = validate(model, valset, cfg, device, samples_dir, step, "" if index == 0 else f"_{name}")
     first = next(iter(results.values()))
     select = sum(r["psnr_model"] for r in results.values()) / len(results)
-    return first | {"psnr_select": round(select, 4), "sets": results}
+    return ValSetsResult(**first, psnr_select=round(select, 4), sets=results)
 
 
 @torch.no_grad()
@@ -57,7 +77,7 @@ def validate(
     samples_dir: Path,
     step: int,
     suffix: str = "",
-) -> dict:
+) -> ValResult:
     """Mean PSNR/SSIM of the input and of the model per (sigma bin, quality bin), and overall on the samples that
     were degraded (the untouched ones, sigma 0 and no JPEG, are reported in their own bucket); writes a grid PNG.
     A conditioned model is also run told the true sigma and quality (`psnr_conditioned`): what the condition adds."""
@@ -85,7 +105,7 @@ def validate(
         values[key] = values[key].clamp(max=PSNR_CAP_DB)
     untouched = (valset.params["sigma_255"] == 0) & (valset.params["quality"] == 0)  # reported in their own bucket
     overall = ~untouched if bool((~untouched).any()) else torch.ones_like(untouched)
-    result = {k: round(float(v[overall].mean()), 4) for k, v in values.items()}
+    result = ValResult(**{k: round(float(v[overall].mean()), 4) for k, v in values.items()})
     buckets: dict[str, dict] = {}
     names = _bucket_names(valset.params)
     for name in sorted(set(names)):
