@@ -66,8 +66,9 @@ def cpu_pool_rate(
         rounds = calls_for(lambda: list(pool.map(_reference_job, _jobs(trial, cfg))), cpu, call_s)
         jobs = _jobs(cut_patches(images, rounds * len(trial), patch), cfg)
         chunk = max(1, len(jobs) // (4 * workers))
-        result = measure(lambda: list(pool.map(_reference_job, jobs, chunksize=chunk)), len(jobs), repeats, cpu,
-                         patch * patch)  # fmt: skip
+        result = measure(
+            lambda: list(pool.map(_reference_job, jobs, chunksize=chunk)), len(jobs), repeats, cpu, patch * patch
+        )
     return result | {"workers": workers}
 
 

@@ -62,8 +62,11 @@ def available_backends(device: str, investigate: bool) -> list[str]:
     if investigate:
         names += ["ort-opt-disable", "ort-opt-basic", "ort-opt-extended", "ort-static", "ort-opset18"]
     if device == "cuda":
-        names += [n for n, p in (("ort-cuda", "CUDAExecutionProvider"), ("ort-trt", "TensorrtExecutionProvider"))
-                  if p in providers]  # fmt: skip
+        names += [
+            n
+            for n, p in (("ort-cuda", "CUDAExecutionProvider"), ("ort-trt", "TensorrtExecutionProvider"))
+            if p in providers
+        ]
         names += ["tensorrt-fp32", "tensorrt-fp16"] if importlib.util.find_spec("tensorrt") else []
     return names
 
@@ -169,11 +172,13 @@ def child(spec: dict) -> dict:
     run()
     sync(device)
     row = {
-        "mpix": spec["size"] ** 2 / 1e6, "times_ms": [round((time.perf_counter() - start) * 1000, 1)],
-        "first_call_s": round(first_call_s, 2), "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
+        "mpix": spec["size"] ** 2 / 1e6,
+        "times_ms": [round((time.perf_counter() - start) * 1000, 1)],
+        "first_call_s": round(first_call_s, 2),
+        "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
         "peak_rss_delta_mib": round((status_kib("VmHWM") - rss_before) / 1024, 1),
         "note": BACKENDS[spec["backend"]] + ("" if reset_ok else "; peak RSS includes loading (no clear_refs)"),
-    }  # fmt: skip
+    }
     if device.type == "cuda" and not spec["backend"].startswith(("ort", "tensorrt")):
         row["cuda_peak_delta_mib"] = round((torch.cuda.max_memory_allocated(device) - cuda_before) / 2**20, 1)
     return row
@@ -206,11 +211,13 @@ def merge(runs: list[dict]) -> dict:
     times_ms = [t for run in runs for t in run["times_ms"]]
     median_ms = statistics.median(times_ms)
     row = {
-        "median_ms": round(median_ms, 1), "ms_per_mpix": round(median_ms / runs[0]["mpix"], 1),
-        "times_ms": times_ms, "first_call_s": statistics.median(run["first_call_s"] for run in runs),
+        "median_ms": round(median_ms, 1),
+        "ms_per_mpix": round(median_ms / runs[0]["mpix"], 1),
+        "times_ms": times_ms,
+        "first_call_s": statistics.median(run["first_call_s"] for run in runs),
         **{key: max(run[key] for run in runs) for key in ("peak_rss_mib", "peak_rss_delta_mib")},
         "note": runs[0]["note"],
-    }  # fmt: skip
+    }
     if "cuda_peak_delta_mib" in runs[0]:
         row["cuda_peak_delta_mib"] = max(run["cuda_peak_delta_mib"] for run in runs)
     return row
@@ -218,8 +225,10 @@ def merge(runs: list[dict]) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table (memory: the CUDA delta where measured, else the CPU peak RSS delta)."""
-    lines = ["| backend | size | median ms | ms / MPix | vs eager | first call s | peak mem delta MiB | note |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| backend | size | median ms | ms / MPix | vs eager | first call s | peak mem delta MiB | note |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     keys = ("backend", "size", "median_ms", "ms_per_mpix", "vs_eager", "first_call_s")
     for r in rows:
         memory = r.get("cuda_peak_delta_mib", r.get("peak_rss_delta_mib", "-"))
@@ -274,12 +283,18 @@ def main(argv: list[str] | None = None) -> None:
         rows = measure(backends, sizes, spec, rounds, args.timeout_s)
     model = load_model(args.model)
     result = {
-        "rows": rows, "device": args.device, "cpu_count": os.cpu_count(), "threads": threads,
-        "cpu": platform.processor() or platform.machine(), "versions": versions(),
+        "rows": rows,
+        "device": args.device,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "cpu": platform.processor() or platform.machine(),
+        "versions": versions(),
         "config": {"sizes": sizes, "rounds": rounds, "quick": args.quick, "investigate": args.investigate},
-        "model": str(args.model), "params": count_params(model), "macs_per_mpix": macs_per_megapixel(model),
+        "model": str(args.model),
+        "params": count_params(model),
+        "macs_per_mpix": macs_per_megapixel(model),
         "load_avg_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
-    }  # fmt: skip
+    }
     if args.device == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -72,9 +72,14 @@ def child(spec: dict) -> dict:
     start = time.perf_counter()
     restore(backend, degraded)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "s_per_mp": seconds / (height * width / 1e6), "backend": backend.name,
-            "peak_rss_mib": status_kib("VmHWM") / 1024, "passes": backend.pixels / (height * width),
-            "size": f"{width}x{height}"}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "s_per_mp": seconds / (height * width / 1e6),
+        "backend": backend.name,
+        "peak_rss_mib": status_kib("VmHWM") / 1024,
+        "passes": backend.pixels / (height * width),
+        "size": f"{width}x{height}",
+    }
 
 
 def run_cli(jpeg: Path, out: Path, threads: int) -> dict:
@@ -144,8 +149,10 @@ def measure(args: argparse.Namespace, macs_per_mp: float) -> list[dict]:
                     jpeg = Path(work) / f"photo-{megapixels:g}mp.jpg"
                     result = run_cli(jpeg, Path(work) / "out", args.threads)
                     height, width = photo_hw(megapixels)
-                    result |= {"s_per_mp": result.get("seconds", float("nan")) / (height * width / 1e6),
-                               "size": f"{width}x{height}"}  # fmt: skip
+                    result |= {
+                        "s_per_mp": result.get("seconds", float("nan")) / (height * width / 1e6),
+                        "size": f"{width}x{height}",
+                    }
                     runs.setdefault(("cli", megapixels), []).append(result)
                     print("cli", megapixels, json.dumps(result), flush=True)
     return [_row(runtime, megapixels, results, limit) for (runtime, megapixels), results in runs.items()]
@@ -157,24 +164,34 @@ def _row(runtime: str, megapixels: float, results: list[dict], limit: float) -> 
         return {"runtime": runtime, "megapixels": megapixels, "error": results[0]["error"]}
     median = statistics.median(r["s_per_mp"] for r in good)
     return {
-        "runtime": runtime, "megapixels": megapixels, "size": good[0]["size"], "s_per_mp": round(median, 3),
+        "runtime": runtime,
+        "megapixels": megapixels,
+        "size": good[0]["size"],
+        "s_per_mp": round(median, 3),
         "s_per_mp_all": [round(r["s_per_mp"], 3) for r in good],
         "min_s_per_mp": round(min(r["s_per_mp"] for r in good), 3),
-        "peak_rss_mib": round(max(r["peak_rss_mib"] for r in good)), "vs_flop_limit": round(median / limit, 1),
-        "backend": good[0].get("backend", good[0].get("said", "")), "passes": round(good[0].get("passes", 0), 2),
-    }  # fmt: skip
+        "peak_rss_mib": round(max(r["peak_rss_mib"] for r in good)),
+        "vs_flop_limit": round(median / limit, 1),
+        "backend": good[0].get("backend", good[0].get("said", "")),
+        "passes": round(good[0].get("passes", 0), 2),
+    }
 
 
 def markdown(rows: list[dict], limit: float) -> str:
-    lines = [f"FLOP-limited time: {limit:.3f} s/MP (see bench/photo.py)", "",
-             "| runtime | MP | size | s/MP (median) | s/MP (min) | x FLOP limit | peak RSS MiB | model passes |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        f"FLOP-limited time: {limit:.3f} s/MP (see bench/photo.py)",
+        "",
+        "| runtime | MP | size | s/MP (median) | s/MP (min) | x FLOP limit | peak RSS MiB | model passes |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['runtime']} | {r['megapixels']:g} | error: {r['error'][:80]} | | | | | |")
             continue
-        lines.append(f"| {r['runtime']} | {r['megapixels']:g} | {r['size']} | {r['s_per_mp']} | {r['min_s_per_mp']} | "
-                     f"{r['vs_flop_limit']} | {r['peak_rss_mib']} | {r['passes'] or '-'} |")  # fmt: skip
+        lines.append(
+            f"| {r['runtime']} | {r['megapixels']:g} | {r['size']} | {r['s_per_mp']} | {r['min_s_per_mp']} | "
+            f"{r['vs_flop_limit']} | {r['peak_rss_mib']} | {r['passes'] or '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -190,8 +207,12 @@ def plot(rows: list[dict], limit: float, path: Path) -> None:
         if points:
             axis.plot(*zip(*points, strict=True), marker="o", label=runtime)
     axis.axhline(limit, color="grey", linestyle="--", label=f"FLOP limit ({limit:.2f} s/MP)")
-    axis.set(xlabel="photo size (MP)", ylabel="seconds per megapixel", ylim=(0, None),
-             title="Shipped model, CPU: time per megapixel")  # fmt: skip
+    axis.set(
+        xlabel="photo size (MP)",
+        ylabel="seconds per megapixel",
+        ylim=(0, None),
+        title="Shipped model, CPU: time per megapixel",
+    )
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -220,9 +241,16 @@ def main(argv: list[str] | None = None) -> None:
     macs = macs_per_megapixel(load_model(SHIPPED_MODEL))
     rows = measure(args, macs)
     limit = flop_limit_s_per_mp(macs, args.threads)
-    result = {"rows": rows, "threads": args.threads, "clock_hz": clock_hz(), "macs_per_cycle": MACS_PER_CYCLE,
-              "macs_per_mp": macs, "flop_limit_s_per_mp": limit, "load_avg_1min": os.getloadavg()[0],
-              "torch": torch.__version__}  # fmt: skip
+    result = {
+        "rows": rows,
+        "threads": args.threads,
+        "clock_hz": clock_hz(),
+        "macs_per_cycle": MACS_PER_CYCLE,
+        "macs_per_mp": macs,
+        "flop_limit_s_per_mp": limit,
+        "load_avg_1min": os.getloadavg()[0],
+        "torch": torch.__version__,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     table = markdown(rows, limit)

@@ -30,7 +30,7 @@ from pipeline.io import decode_rgb8
 from pipeline.loader import make_loader
 from pipeline.loader_torch import random_crops
 from pipeline.reference import degrade_reference
-from shards.format import IMAGE_EXTS, read_manifest, split_shards
+from pipeline.shard_format import IMAGE_EXTS, read_manifest, split_shards
 
 
 def _row(stage: str, img_per_s: float, pixels_per_img: float, note: str = "") -> dict:

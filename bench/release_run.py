@@ -45,8 +45,14 @@ def plan_steps(rows: list[dict], batch_size: int, steps_run: int, wall_s: float,
     steps_per_s = steady_img_per_s(rows) / batch_size
     fixed_s = max(0.0, wall_s - steps_run / steps_per_s)
     steps = max(steps_run, int(MARGIN * (budget_s - fixed_s) * steps_per_s))
-    return {"steps": steps, "steps_per_s": round(steps_per_s, 3), "fixed_s": round(fixed_s, 1),
-            "calibration_steps": steps_run, "calibration_wall_s": wall_s, "budget_s": budget_s}  # fmt: skip
+    return {
+        "steps": steps,
+        "steps_per_s": round(steps_per_s, 3),
+        "fixed_s": round(fixed_s, 1),
+        "calibration_steps": steps_run,
+        "calibration_wall_s": wall_s,
+        "budget_s": budget_s,
+    }
 
 
 def last_validation(rows: list[dict]) -> dict | None:
@@ -89,8 +95,13 @@ def run_record(run_dir: Path) -> dict:
     last_val = last_validation(rows)
     model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
     return {
-        "model": {"name": cfg["model"]["name"], "kwargs": cfg["model"]["kwargs"], "init": cfg["model"]["init"],
-                  "params": count_params(model), "gmac_per_megapixel": round(macs_per_megapixel(model) / 1e9, 1)},
+        "model": {
+            "name": cfg["model"]["name"],
+            "kwargs": cfg["model"]["kwargs"],
+            "init": cfg["model"]["init"],
+            "params": count_params(model),
+            "gmac_per_megapixel": round(macs_per_megapixel(model) / 1e9, 1),
+        },
         "steps_planned": cfg["run"]["steps"],
         "steps": step,
         "batch_size": cfg["loader"]["batch_size"],
@@ -100,7 +111,7 @@ def run_record(run_dir: Path) -> dict:
         "last_val_psnr": last_val["psnr_model"] if last_val else None,
         "last_val": last_val,
         "best_val_psnr": max(vals) if vals else None,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.budget_s is None:
             parser.error("plan needs --budget-s")
         cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text())
-        result = plan_steps(read_metrics(args.run_dir), cfg["loader"]["batch_size"], cfg["run"]["steps"],
-                            args.wall_s, args.budget_s)  # fmt: skip
+        result = plan_steps(
+            read_metrics(args.run_dir), cfg["loader"]["batch_size"], cfg["run"]["steps"], args.wall_s, args.budget_s
+        )
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(result["steps"])
         return

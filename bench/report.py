@@ -19,7 +19,7 @@ SCHEMA = "ml-restoration/bench.suite/1"
 def header(device: torch.device, settings: SuiteConfig, train_cfg: TrainConfig, shards: Path, command: str) -> dict:
     """Everything a reader needs to trust or reproduce the figures: device, versions, config, the command."""
     from bench.env import collect
-    from shards.format import read_manifest
+    from pipeline.shard_format import read_manifest
 
     env = collect()
     gpu = env["cuda"]["gpus"][device.index or 0]["name"] if device.type == "cuda" else None

@@ -21,7 +21,7 @@ import PIL
 from PIL import Image
 
 from pipeline.io import decode_rgb8, load_rgb8
-from shards.format import SOURCE_SUFFIXES
+from pipeline.shard_format import SOURCE_SUFFIXES
 from shards.writer import tar_bytes
 
 

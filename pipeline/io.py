@@ -37,8 +37,19 @@ if heif_available():  # the optional `heic` extra: Pillow then opens HEIC/HEIF f
     pillow_heif.register_heif_opener()
 
 IMAGE_SUFFIXES = (  # compared lower-cased
-    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif", ".gif",
-)  # fmt: skip
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".avif",
+    ".heic",
+    ".heif",
+    ".gif",
+)
 READABLE = "JPEG, PNG, TIFF, WebP, AVIF, HEIC, BMP or GIF"  # for messages
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger images are refused as possible decompression bombs
 

@@ -18,7 +18,7 @@ from pipeline.config import LoaderConfig
 from pipeline.health import SkipCounter, check_shards
 from pipeline.loader_dali import check_dali_shuffle, dali_loader
 from pipeline.loader_torch import check_shard_count, torch_loader
-from shards.format import read_manifest, split_shards
+from pipeline.shard_format import read_manifest, split_shards
 
 BACKENDS = ("auto", "torch", "dali")
 

@@ -24,7 +24,7 @@ import torch
 
 from pipeline.config import LoaderConfig
 from pipeline.health import DataSkipLimit
-from shards.format import DALI_EXT, index_name
+from pipeline.shard_format import DALI_EXT, index_name
 
 if TYPE_CHECKING:  # DALI is optional: imported only where a DALI loader is built
     from nvidia.dali.data_node import DataNode

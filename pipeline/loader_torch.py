@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.config import LoaderConfig
 from pipeline.health import SkipCounter
 from pipeline.io import decode_rgb8
-from shards.format import IMAGE_EXTS
+from pipeline.shard_format import IMAGE_EXTS
 
 
 def shard_order(num_shards: int, seed: int, pass_index: int) -> list[int]:

@@ -19,7 +19,7 @@ from pipeline.config import DegradeConfig
 from pipeline.degrade import PARAM_KEYS, sample_params
 from pipeline.io import IMAGE_SUFFIXES, decode_rgb8, image_entries, load_rgb8
 from pipeline.reference import degrade_reference
-from shards.format import IMAGE_EXTS, split_shards
+from pipeline.shard_format import IMAGE_EXTS, split_shards
 
 
 @dataclass

@@ -1,1 +1,1 @@
-"""Pack clean images into WebDataset tar shards (see `shards.format` for the layout)."""
+"""Pack clean images into WebDataset tar shards (see `pipeline.shard_format` for the layout)."""

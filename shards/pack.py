@@ -25,8 +25,7 @@ from pathlib import Path
 
 from pipeline.io import DEFAULT_MAX_PIXELS
 from pipeline.scan import scan_folder
-from shards.encode import PNG_COMPRESS_LEVEL, Encoded, Skipped, encode_file, meta_bytes
-from shards.format import (
+from pipeline.shard_format import (
     FORMAT_VERSION,
     MANIFEST,
     SOURCE_SUFFIXES,
@@ -35,6 +34,7 @@ from shards.format import (
     sample_key,
     shard_name,
 )
+from shards.encode import PNG_COMPRESS_LEVEL, Encoded, Skipped, encode_file, meta_bytes
 from shards.writer import atomic_write, member_bytes, plan_shards, write_shard
 
 SPOOL = ".pack-spool"

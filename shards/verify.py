@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.io import decode_rgb8
-from shards.format import IMAGE_EXTS, META_EXT, dali_index, read_manifest, sample_key
+from pipeline.shard_format import IMAGE_EXTS, META_EXT, dali_index, read_manifest, sample_key
 
 
 def read_samples(path: Path) -> dict[str, dict[str, bytes]]:

@@ -13,7 +13,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from shards.format import dali_index, index_name
+from pipeline.shard_format import dali_index, index_name
 
 TAR_BLOCK = 512
 TAR_TAIL_BYTES = 2 * TAR_BLOCK + tarfile.RECORDSIZE  # end-of-archive blocks plus worst-case record padding

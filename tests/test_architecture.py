@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("shards", "pipeline", "model", "train", "evaluate", "infer", "export", "bench", "demo")
 ALLOWED = {
-    "pipeline": {"shards"},
-    "shards": {"pipeline"},  # shards.pack decodes and checks images with pipeline.io (see docs/architecture.md)
+    "pipeline": set(),
+    "shards": {"pipeline"},  # packs with pipeline.io's decoding rules, into pipeline.shard_format's layout
     "model": set(),
     "train": {"pipeline", "model", "evaluate"},
     "evaluate": {"pipeline", "model"},

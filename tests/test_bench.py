@@ -86,8 +86,13 @@ def test_suite_writes_json_markdown_and_plot(suite):
         ("stages", "degradation", "scaling", "training"), "ok"
     )
     table = out.with_suffix(".md").read_text()
-    for heading in ("python -m bench.suite (test)", "| stage |", "| batch | patch px |", "img/s versus batch",
-                    "| loader | train img/s"):  # fmt: skip
+    for heading in (
+        "python -m bench.suite (test)",
+        "| stage |",
+        "| batch | patch px |",
+        "img/s versus batch",
+        "| loader | train img/s",
+    ):
         assert heading in table
     png = out.with_suffix(".png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -194,8 +199,9 @@ def test_env_report_holds_this_machines_values(tmp_path, capsys):
 
 def _gpu_check(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
     environ = os.environ | {"PYTHON": sys.executable} | extra_env
-    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), *args], capture_output=True, text=True,
-                          env=environ, timeout=120)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), *args], capture_output=True, text=True, env=environ, timeout=120
+    )
 
 
 def test_gpu_check_script_parses():

@@ -66,7 +66,9 @@ def test_warm_start_adds_whole_new_blocks_as_the_identity_and_refuses_half_block
     deeper = create_model("nafnet", **(SMALL | {"enc_blocks": (2, 1), "dec_blocks": (2, 1)}))
     added = warm_start(deeper, tmp_path / "s.pt")
     assert {k.split(".")[0] + "." + k.split(".")[1] + "." + k.split(".")[2] for k in added} == {
-        "encoders.0.1", "decoders.1.1"}  # fmt: skip
+        "encoders.0.1",
+        "decoders.1.1",
+    }
     x = torch.rand(2, 3, 21, 30)
     with torch.no_grad():
         torch.testing.assert_close(deeper(x), shallow(x))
@@ -90,7 +92,11 @@ def test_unclipped_share_is_float_awgn_and_only_without_jpeg():
 
 
 def test_conditioned_training_reports_what_the_condition_adds(shards, tmp_path):  # noqa: F811
-    cfg = tiny_config("model.name=nafnet", "model.kwargs={width: 8, enc_blocks: [1, 1], dec_blocks: [1, 1], "
-                      "conditioned: true}", "model.p_withheld=0.5", "degrade.p_unclipped=0.3")  # fmt: skip
+    cfg = tiny_config(
+        "model.name=nafnet",
+        "model.kwargs={width: 8, enc_blocks: [1, 1], dec_blocks: [1, 1], conditioned: true}",
+        "model.p_withheld=0.5",
+        "degrade.p_unclipped=0.3",
+    )
     result = fit(cfg, shards, tmp_path / "run")
     assert "psnr_conditioned" in result and result["psnr_conditioned"] > 0

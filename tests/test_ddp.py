@@ -95,10 +95,26 @@ def free_port() -> int:
 def torchrun(nproc: int, shards: Path, out: Path, *args: str) -> list[str]:
     """The command for `torchrun` on train/run.py, with a c10d rendezvous on a free local port."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "test",
-        str(ROOT / "train" / "run.py"), "--shards", str(shards), "--out", str(out), *args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "--rdzv-id",
+        "test",
+        str(ROOT / "train" / "run.py"),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        *args,
+    ]
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
@@ -123,9 +139,12 @@ def test_torchrun_sigterm_and_exact_resume(shards, spawned, tmp_path):
     bit, with one metrics line per log step (rank 0 only)."""
     killed = tmp_path / "killed"
     launcher = subprocess.Popen(
-        torchrun(2, shards, killed, *SETS), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, env=child_env(),
-    )  # fmt: skip
+        torchrun(2, shards, killed, *SETS),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=child_env(),
+    )
     _wait_for_step(killed / "metrics.jsonl", 4, launcher)
     for pid in [launcher.pid, *children(launcher.pid)]:  # torchrun starts each rank in a session of its own
         os.killpg(pid, signal.SIGTERM)
@@ -200,8 +219,14 @@ def _rank_worker(index: int, port: int, shards: Path, out: Path) -> None:
     """One of 2 spawned ranks, joined through `distributed.init` as under torchrun: records (b) the images its
     loader yields, (c) the gradient after DDP's all-reduce on its half of a fixed batch, then trains the
     uninterrupted reference run with `fit`."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index), LOCAL_RANK=str(index),
-                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(index),
+        LOCAL_RANK=str(index),
+        WORLD_SIZE="2",
+        LOCAL_WORLD_SIZE="2",
+    )
     env = distributed.init("cpu", timeout_min=1.0)
     torch.set_num_threads(1)
     loader = make_loader(shards, "train", loader_config(), torch.device("cpu"), env.rank, env.world_size)

@@ -24,8 +24,9 @@ MAX_BYTES = 16 * 1024 * 1024
 
 def _release(out: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
     environ = os.environ | {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1"} | extra_env
-    return subprocess.run(["bash", str(SCRIPT), str(out), *args], capture_output=True, text=True, env=environ,
-                          timeout=180)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(SCRIPT), str(out), *args], capture_output=True, text=True, env=environ, timeout=180
+    )
 
 
 def test_script_parses():
@@ -56,13 +57,26 @@ def test_rehearsal_trains_and_brings_back_every_file(tmp_path):
         Image.fromarray(natural_image(72, 80, seed=900 + i)).save(tmp_path / "src" / f"{i}.png")
     pack(tmp_path / "src", tmp_path / "shards", val_fraction=0.2, seed=0, min_shards=2)
     out = tmp_path / "out"
-    done = _release(out, "--rehearse", GPU_RELEASE_SHARDS=str(tmp_path / "shards"), GPU_RELEASE_TRAIN_S="12",
-                    GPU_RELEASE_CAL_STEPS="4", TMPDIR=str(tmp_path))  # fmt: skip
+    done = _release(
+        out,
+        "--rehearse",
+        GPU_RELEASE_SHARDS=str(tmp_path / "shards"),
+        GPU_RELEASE_TRAIN_S="12",
+        GPU_RELEASE_CAL_STEPS="4",
+        TMPDIR=str(tmp_path),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     assert len(files) <= 8 and max(files.values()) <= MAX_BYTES  # what the device tool brings back
-    expected = {"model-fp16.pt", "last-fp32.pt", "metrics.jsonl", "config.yaml", "summary.json", "train.log",
-                "gpu_release.log"}  # fmt: skip
+    expected = {
+        "model-fp16.pt",
+        "last-fp32.pt",
+        "metrics.jsonl",
+        "config.yaml",
+        "summary.json",
+        "train.log",
+        "gpu_release.log",
+    }
     assert expected <= set(files) and any(name.startswith("sample-step_") for name in files)
     summary = json.loads((out / "summary.json").read_text())
     for key in ("device", "torch", "status", "steps", "images_seen", "wall_s", "median_img_per_s", "last_val_psnr"):

@@ -80,8 +80,15 @@ def damage(shards: Path, fault: str, folder: Path) -> Path:
 
 
 def config(max_bad_share: float) -> LoaderConfig:
-    return LoaderConfig(backend="torch", patch_size=32, batch_size=4, crops_per_image=2, workers=1,
-                        shuffle_buffer=8, max_bad_share=max_bad_share)  # fmt: skip
+    return LoaderConfig(
+        backend="torch",
+        patch_size=32,
+        batch_size=4,
+        crops_per_image=2,
+        workers=1,
+        shuffle_buffer=8,
+        max_bad_share=max_bad_share,
+    )
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))

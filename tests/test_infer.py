@@ -93,13 +93,23 @@ def test_every_backend_matches_eager(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent padding
         traced = torch.jit.trace(model, example)
-        torch.onnx.export(model, example, tmp_path / "m.onnx", dynamo=False, opset_version=17,
-                          input_names=["degraded", "condition"], output_names=["restored"],
-                          dynamic_axes={"degraded": {0: "n", 2: "h", 3: "w"}, "condition": {0: "n"}})  # fmt: skip
+        torch.onnx.export(
+            model,
+            example,
+            tmp_path / "m.onnx",
+            dynamo=False,
+            opset_version=17,
+            input_names=["degraded", "condition"],
+            output_names=["restored"],
+            dynamic_axes={"degraded": {0: "n", 2: "h", 3: "w"}, "condition": {0: "n"}},
+        )
     traced.save(tmp_path / "m.ts")
     traced.save(tmp_path / "scripted.pt")
-    files = {"checkpoint": save_checkpoint(model, tmp_path / "m.pt", conditioned=True),
-             "torchscript": tmp_path / "m.ts", "onnx": tmp_path / "m.onnx"}  # fmt: skip
+    files = {
+        "checkpoint": save_checkpoint(model, tmp_path / "m.pt", conditioned=True),
+        "torchscript": tmp_path / "m.ts",
+        "onnx": tmp_path / "m.onnx",
+    }
     files["torchscript-pt"] = tmp_path / "scripted.pt"
     for kind, path in files.items():
         backend = open_backend(path, device="cpu")
@@ -132,8 +142,10 @@ def test_reduced_precision_falls_back_to_fp32_with_a_note(tmp_path):
         randomise_(model, seed=2)
         model.head.weight.mul_(1e6)  # weights and features ~1e5: fine in fp32, past float16 (max 65504)
         model.tail.weight.mul_(1e-6)
-    torch.save({"model": model.state_dict(), "model_name": "resnet",
-                "model_kwargs": {"width": 8, "num_blocks": 1}}, tmp_path / "big.pt")  # fmt: skip
+    torch.save(
+        {"model": model.state_dict(), "model_name": "resnet", "model_kwargs": {"width": 8, "num_blocks": 1}},
+        tmp_path / "big.pt",
+    )
     degraded = to_tensor(natural_image(24, 24, seed=1))[None]
     backend = open_backend(tmp_path / "big.pt", device="cpu", precision="fp16")
     assert backend.precision == "fp16"
@@ -207,8 +219,10 @@ def test_tiles_match_untiled_for_a_finite_receptive_field(tmp_path):
     """ResNet with 2 blocks sees 6 px around each pixel < overlap // 4: tiled = untiled up to float rounding."""
     torch.manual_seed(0)
     model = randomise_(create_model("resnet", width=8, num_blocks=2), seed=3).eval()
-    torch.save({"model": model.state_dict(), "model_name": "resnet",
-                "model_kwargs": {"width": 8, "num_blocks": 2}}, tmp_path / "r.pt")  # fmt: skip
+    torch.save(
+        {"model": model.state_dict(), "model_name": "resnet", "model_kwargs": {"width": 8, "num_blocks": 2}},
+        tmp_path / "r.pt",
+    )
     backend = open_backend(tmp_path / "r.pt", device="cpu")
     degraded = torch.stack([to_tensor(natural_image(150, 171, seed=s)) for s in (0, 1)])
     whole = restore(backend, degraded)  # small: whole image
@@ -225,8 +239,15 @@ def test_an_onnx_file_of_one_fixed_size_is_tiled_at_that_size(tmp_path):
     model = randomise_(create_model("resnet", width=8, num_blocks=1), seed=4).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(1, 3, 48, 48),), tmp_path / "fixed.onnx", dynamo=False,
-                          opset_version=17, input_names=["degraded"], output_names=["restored"])  # fmt: skip
+        torch.onnx.export(
+            model,
+            (torch.rand(1, 3, 48, 48),),
+            tmp_path / "fixed.onnx",
+            dynamo=False,
+            opset_version=17,
+            input_names=["degraded"],
+            output_names=["restored"],
+        )
     proto = onnx.load(str(tmp_path / "fixed.onnx"))
     onnx.helper.set_model_props(proto, {"stride": "1"})  # as export.onnx records it (default: 16, NAFNet's)
     onnx.save(proto, str(tmp_path / "fixed.onnx"))
@@ -305,10 +326,20 @@ def test_pooled_io_agrees_across_runtimes(tmp_path):
         request = PoolRequest(core)
         backend(degraded, condition, pooling=request)
         torch.testing.assert_close(request.sums, reference.sums, rtol=1e-4, atol=1e-4, msg=backend.name)
-        torch.testing.assert_close(backend(degraded, condition, pooling=PoolRequest(core, means)), injected,
-                                   atol=2e-5, rtol=0, msg=backend.name)  # fmt: skip
-        torch.testing.assert_close(restore(backend, degraded, tile=24, overlap=8, condition=condition,
-                                           stats="passes:2"), tiled, atol=2e-5, rtol=0, msg=backend.name)  # fmt: skip
+        torch.testing.assert_close(
+            backend(degraded, condition, pooling=PoolRequest(core, means)),
+            injected,
+            atol=2e-5,
+            rtol=0,
+            msg=backend.name,
+        )
+        torch.testing.assert_close(
+            restore(backend, degraded, tile=24, overlap=8, condition=condition, stats="passes:2"),
+            tiled,
+            atol=2e-5,
+            rtol=0,
+            msg=backend.name,
+        )
 
 
 def test_tiles_cover_the_image_once_and_report_progress():
@@ -316,15 +347,24 @@ def test_tiles_cover_the_image_once_and_report_progress():
     axis with as few tiles as the largest tile would need, and `progress` counts every tile of every pass."""
     for starts, size in (([0, 96, 192, 256], 128), ([0], 80), ([0, 112], 160)):
         found = cores(starts, size, 16)
-        covered = [pixel for start, (low, high) in zip(starts, found, strict=True) for pixel in range(start + low,
-                   start + high)]  # fmt: skip
+        covered = [
+            pixel
+            for start, (low, high) in zip(starts, found, strict=True)
+            for pixel in range(start + low, start + high)
+        ]
         assert covered == list(range(starts[-1] + size)) and all(low % 16 == 0 for low, _ in found)
     assert fit_axis(4000, 1024, 32, 16) == 1024 and fit_axis(3000, 1024, 32, 16) == 1024
     assert fit_axis(1100, 1024, 32, 16) == 576 and fit_axis(700, 1024, 32, 16) == 704
     backend = open_backend(save_checkpoint(tiny_nafnet(), Path(tempfile.mkdtemp()) / "t.pt"), device="cpu")
     seen = []
-    restore(backend, torch.rand(1, 3, 70, 90), tile=32, overlap=8, stats="sample:2+passes:2",
-            progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    restore(
+        backend,
+        torch.rand(1, 3, 70, 90),
+        tile=32,
+        overlap=8,
+        stats="sample:2+passes:2",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1] and all(b[0] >= a[0] for a, b in itertools.pairwise(seen))
     with pytest.raises(ValueError, match="pooling statistics"):
         restore(backend, torch.rand(1, 3, 70, 90), tile=32, overlap=8, stats="every:3")

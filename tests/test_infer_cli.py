@@ -199,8 +199,14 @@ def test_tile_option(tmp_path, blind_ckpt, capsys):
 def test_python_m_infer_uses_the_shipped_model(tmp_path):
     image = write_image(tmp_path / "photo.png", natural_image(40, 56, 8))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "infer", "photo.png", "--out", "out"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "infer", "photo.png", "--out", "out"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert SHIPPED_MODEL.name in result.stdout and "shipped model" in result.stdout
     assert "runtime: " in result.stdout and "fastest" in result.stdout  # which runtime it chose, and why
@@ -214,14 +220,17 @@ def test_python_m_infer_uses_the_shipped_model(tmp_path):
 # --- infer.degrade -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sigma", "quality", "suffix"), [(15, 40, ".png"), (15, 40, ".jpg"), (10, 0, ".png"),
-                                                          (0, 30, ".jpg")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sigma", "quality", "suffix"), [(15, 40, ".png"), (15, 40, ".jpg"), (10, 0, ".png"), (0, 30, ".jpg")]
+)
 def test_degrade_matches_the_reference(tmp_path, sigma, quality, suffix):
     clean8 = natural_image(40, 56, 5)
     source = write_image(tmp_path / "clean.png", clean8)
     out = tmp_path / f"degraded{suffix}"
-    assert degrade_main([str(source), "--sigma", str(sigma), "--quality", str(quality), "--out", str(out),
-                         "--seed", "3"]) == 0  # fmt: skip
+    assert (
+        degrade_main([str(source), "--sigma", str(sigma), "--quality", str(quality), "--out", str(out), "--seed", "3"])
+        == 0
+    )
     params = {"sigma_255": sigma, "quality": quality, "subsampling": 2, "quality2": 0}
     expected = degrade_reference(clean8, params, np.random.default_rng(3))
     with Image.open(out) as img:

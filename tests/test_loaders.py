@@ -24,7 +24,7 @@ from pipeline.config import LoaderConfig
 from pipeline.loader import resolve_backend
 from pipeline.loader_dali import _to_device as dali_to_device
 from pipeline.loader_torch import patch_dataloader, reader_shards
-from shards.format import MANIFEST, read_manifest, split_shards
+from pipeline.shard_format import MANIFEST, read_manifest, split_shards
 from shards.pack import pack
 
 HAS_DALI = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None

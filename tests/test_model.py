@@ -253,8 +253,15 @@ def test_slim_keeps_the_ema_weights_and_drops_the_rest(tmp_path):
         for p in ema.parameters():
             p.normal_()
     kwargs = {"width": 8, "num_blocks": 2}
-    full = {"model": model.state_dict(), "ema": ema.state_dict(), "model_name": "resnet", "model_kwargs": kwargs,
-            "optimizer": {"state": {}}, "step": 7, "config": {}}  # fmt: skip
+    full = {
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "model_name": "resnet",
+        "model_kwargs": kwargs,
+        "optimizer": {"state": {}},
+        "step": 7,
+        "config": {},
+    }
     torch.save(full, tmp_path / "full.pt")
     slim(tmp_path / "full.pt", tmp_path / "slim.pt")
     slim(tmp_path / "full.pt", tmp_path / "half.pt", fp16=True)

@@ -68,8 +68,9 @@ def test_stored_per_image_figures_are_reproduced(summary):
             cells = sorted({(r["sigma"], r["quality"]) for r in rows}, key=str)
             told = all("psnr_told" in r for r in rows)
             for sigma, quality in cells:
-                result = evaluate(model, images, [sigma], [quality], protocol, "cpu", names=names, told=told,
-                                  progress=False)  # fmt: skip
+                result = evaluate(
+                    model, images, [sigma], [quality], protocol, "cpu", names=names, told=told, progress=False
+                )
                 measured = {r["index"]: r for r in result["per_image"]}
                 for row in (r for r in rows if (r["sigma"], r["quality"]) == (sigma, quality)):
                     for key in ("psnr_model", "psnr_told") if told else ("psnr_model",):

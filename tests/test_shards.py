@@ -15,7 +15,7 @@ from conftest import natural_image
 from PIL import Image
 
 from pipeline.io import decode_rgb8
-from shards.format import dali_index, read_manifest, split_shards
+from pipeline.shard_format import dali_index, read_manifest, split_shards
 from shards.pack import pack
 from shards.synth import render, synth
 from shards.verify import verify
