@@ -213,9 +213,12 @@ def _restore_tab(handlers: Handlers, conditioned: bool) -> None:
     with gr.Row():
         with gr.Column():
             files = gr.File(
-                label="Images", file_count="multiple", file_types=list(IMAGE_SUFFIXES), type="filepath",
+                label="Images",
+                file_count="multiple",
+                file_types=list(IMAGE_SUFFIXES),
+                type="filepath",
                 elem_id="restore-input",
-            )  # fmt: skip
+            )
             with gr.Group(visible=conditioned):
                 strength = gr.Radio([STRENGTH_AUTO, STRENGTH_SET], value=STRENGTH_AUTO, label="Strength")
                 sigma = gr.Slider(0, 50, value=15, step=1, label="Noise sigma (0-255 scale)")
@@ -224,9 +227,13 @@ def _restore_tab(handlers: Handlers, conditioned: bool) -> None:
             run = gr.Button("Restore", variant="primary", elem_id="restore-run")
         with gr.Column():
             slider = gr.ImageSlider(
-                label="before / after (drag the handle)", type="filepath", format="png", interactive=False,
-                buttons=IMAGE_BUTTONS, elem_id="restore-slider",
-            )  # fmt: skip
+                label="before / after (drag the handle)",
+                type="filepath",
+                format="png",
+                interactive=False,
+                buttons=IMAGE_BUTTONS,
+                elem_id="restore-slider",
+            )
             pick = gr.Dropdown(label="Compare", type="index", visible=False, interactive=True, elem_id="restore-pick")
             downloads = gr.File(
                 label="Restored PNGs", file_count="multiple", interactive=False, elem_id="restore-downloads"

@@ -108,11 +108,21 @@ def bm3d_summary(bm3d: dict, real: dict) -> dict:
     names = set(bm3d["names"])
     cells = []
     for cell in bm3d["cells"]:
-        rows = [r for r in real["per_image"] if r["name"] in names and (r["sigma"], r["quality"]) == (cell["sigma"],
-                cell["quality"])]  # fmt: skip
+        rows = [
+            r
+            for r in real["per_image"]
+            if r["name"] in names and (r["sigma"], r["quality"]) == (cell["sigma"], cell["quality"])
+        ]
         model = sum(r["psnr_model"] for r in rows) / len(rows)
-        cells.append({"sigma": cell["sigma"], "quality": cell["quality"], "psnr_input": cell["psnr_input"],
-                      "psnr_bm3d": cell["psnr_bm3d"], "psnr_model": model})  # fmt: skip
+        cells.append(
+            {
+                "sigma": cell["sigma"],
+                "quality": cell["quality"],
+                "psnr_input": cell["psnr_input"],
+                "psnr_bm3d": cell["psnr_bm3d"],
+                "psnr_model": model,
+            }
+        )
     return {"images": bm3d["names"], "cells": cells}
 
 
@@ -120,10 +130,19 @@ def check_rows(name: str, protocol: str, result: dict) -> list[dict]:
     """Per-image figures the test re-measures: the blind model's, and the told model's where it ran."""
     wanted = set(CHECK_CELLS[protocol])
     return [
-        {"set": name, "protocol": protocol, "sigma": r["sigma"], "quality": r["quality"], "index": r["index"],
-         "name": r["name"], "psnr_model": r["psnr_model"]} | ({"psnr_told": r["psnr_told"]} if "psnr_told" in r else {})
-        for r in result["per_image"] if r["index"] < CHECK_IMAGES and (r["sigma"], r["quality"]) in wanted
-    ]  # fmt: skip
+        {
+            "set": name,
+            "protocol": protocol,
+            "sigma": r["sigma"],
+            "quality": r["quality"],
+            "index": r["index"],
+            "name": r["name"],
+            "psnr_model": r["psnr_model"],
+        }
+        | ({"psnr_told": r["psnr_told"]} if "psnr_told" in r else {})
+        for r in result["per_image"]
+        if r["index"] < CHECK_IMAGES and (r["sigma"], r["quality"]) in wanted
+    ]
 
 
 def copy_crops(real_out: Path, docs: Path) -> list[dict]:
@@ -161,7 +180,7 @@ def summarise(model_path: Path, model, runs: dict, bm3d: dict, crops: list[dict]
                 "tile_classes": runs[n, "real"]["tile_classes"],
             }
             for n in SETS
-        },  # fmt: skip
+        },
         "crops": crops,
         "check": [row for (n, p), r in runs.items() for row in check_rows(n, p, r)],
         "versions": runs[SETS[0], "real"].get("versions", {}),

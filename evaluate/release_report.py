@@ -8,11 +8,19 @@ from pathlib import Path
 BEGIN, END = "<!-- results:begin (python -m evaluate.release) -->", "<!-- results:end -->"
 # Published PSNR (RGB, dB), noise only, from the DRUNet paper's table (../shared/data/README.md).
 PUBLISHED = {
-    "CBSD68": {"CBM3D": (33.52, 30.71, 27.38), "DnCNN": (33.90, 31.24, 27.95), "FFDNet": (33.87, 31.21, 27.96),
-               "DRUNet": (34.30, 31.69, 28.51)},
-    "Kodak24": {"CBM3D": (34.28, 32.15, 28.46), "DnCNN": (34.60, 32.14, 28.95), "FFDNet": (34.63, 32.13, 28.98),
-                "DRUNet": (35.31, 32.89, 29.86)},
-}  # fmt: skip
+    "CBSD68": {
+        "CBM3D": (33.52, 30.71, 27.38),
+        "DnCNN": (33.90, 31.24, 27.95),
+        "FFDNet": (33.87, 31.21, 27.96),
+        "DRUNet": (34.30, 31.69, 28.51),
+    },
+    "Kodak24": {
+        "CBM3D": (34.28, 32.15, 28.46),
+        "DnCNN": (34.60, 32.14, 28.95),
+        "FFDNet": (34.63, 32.13, 28.98),
+        "DRUNet": (35.31, 32.89, 29.86),
+    },
+}
 PUBLISHED_PARAMS = {"CBM3D": "-", "DnCNN": "0.67M", "FFDNet": "0.85M", "DRUNet": "32.6M"}
 CLEAN_CELL_BAR_DB = 45.0
 
@@ -55,18 +63,26 @@ def _grid(cells: list[dict]) -> list[str]:
         for quality in qualities:
             c = _cell(cells, sigma, quality)
             gain = "" if c["psnr_gain"] is None else f" ({_db(c['psnr_gain'], '+')})"
-            row.append(f"{_db(c['psnr_input'])} → **{_db(c['psnr_model'])}**{gain}<br>"
-                       f"{c['ssim_input']:.3f} → {c['ssim_model']:.3f}")  # fmt: skip
+            row.append(
+                f"{_db(c['psnr_input'])} → **{_db(c['psnr_model'])}**{gain}<br>"
+                f"{c['ssim_input']:.3f} → {c['ssim_model']:.3f}"
+            )
         lines.append(f"| {sigma:g} | " + " | ".join(row) + " |")
     return lines
 
 
 def _bm3d_table(name: str, part: dict) -> list[str]:
-    lines = [f"CBM3D on {name}, images {', '.join(part['images'])} (model on the same images):", "",
-             "| sigma | quality | input | CBM3D | ours | ours - CBM3D |", "|" + " --- |" * 6]  # fmt: skip
+    lines = [
+        f"CBM3D on {name}, images {', '.join(part['images'])} (model on the same images):",
+        "",
+        "| sigma | quality | input | CBM3D | ours | ours - CBM3D |",
+        "|" + " --- |" * 6,
+    ]
     for c in part["cells"]:
-        lines.append(f"| {c['sigma']:g} | {_q(c['quality'])} | {c['psnr_input']:.2f} | {c['psnr_bm3d']:.2f} | "
-                     f"{c['psnr_model']:.2f} | {c['psnr_model'] - c['psnr_bm3d']:+.2f} |")  # fmt: skip
+        lines.append(
+            f"| {c['sigma']:g} | {_q(c['quality'])} | {c['psnr_input']:.2f} | {c['psnr_bm3d']:.2f} | "
+            f"{c['psnr_model']:.2f} | {c['psnr_model'] - c['psnr_bm3d']:+.2f} |"
+        )
     return lines + [""]
 
 
@@ -85,51 +101,80 @@ def bars(summary: dict) -> list[tuple[str, bool, str]]:
             continue
         for method, level in (("CBM3D", "minimum bar"), ("DnCNN", "target")):
             margins = [c[key] - PUBLISHED["CBSD68"][method][i] for i, c in enumerate(cbsd)]
-            anchor.append((f"beats {method} on CBSD68 at sigma 15 / 25 / 50{how} ({level})", min(margins) > 0,
-                           fmt(f"{d:+.2f}" for d in margins)))  # fmt: skip
+            anchor.append(
+                (
+                    f"beats {method} on CBSD68 at sigma 15 / 25 / 50{how} ({level})",
+                    min(margins) > 0,
+                    fmt(f"{d:+.2f}" for d in margins),
+                )
+            )
     degraded = [c for cells in summary["real"].values() for c in cells if (c["sigma"], c["quality"]) != (0, None)]
     clean = {n: _cell(cells, 0, None) for n, cells in summary["real"].items()}
     bm3d = [c["psnr_model"] - c["psnr_bm3d"] for part in summary["bm3d"].values() for c in part["cells"]]
     return anchor + [
-        ("gains in every degraded real-protocol cell", min(c["psnr_gain"] for c in degraded) > 0,
-         f"least gain {min(c['psnr_gain'] for c in degraded):+.2f} dB"),
-        ("beats CBM3D in every cell where it ran", bool(bm3d) and min(bm3d) > 0,
-         f"least margin {min(bm3d):+.2f} dB" if bm3d else "not run"),
-        (f"leaves clean images alone ({CLEAN_CELL_BAR_DB:g} dB or more)",
-         min(_finite(c["psnr_model"]) for c in clean.values()) >= CLEAN_CELL_BAR_DB,
-         fmt(f"{n} {_db(c['psnr_model'])} dB" for n, c in clean.items())),
-    ]  # fmt: skip
+        (
+            "gains in every degraded real-protocol cell",
+            min(c["psnr_gain"] for c in degraded) > 0,
+            f"least gain {min(c['psnr_gain'] for c in degraded):+.2f} dB",
+        ),
+        (
+            "beats CBM3D in every cell where it ran",
+            bool(bm3d) and min(bm3d) > 0,
+            f"least margin {min(bm3d):+.2f} dB" if bm3d else "not run",
+        ),
+        (
+            f"leaves clean images alone ({CLEAN_CELL_BAR_DB:g} dB or more)",
+            min(_finite(c["psnr_model"]) for c in clean.values()) >= CLEAN_CELL_BAR_DB,
+            fmt(f"{n} {_db(c['psnr_model'])} dB" for n, c in clean.items()),
+        ),
+    ]
 
 
 def _failure(summary: dict, link: str) -> list[str]:
     lines = []
     for name, part in summary["failure"].items():
-        weakest = ", ".join(f"sigma {c['sigma']:g} q {_q(c['quality'])} ({c['psnr_gain']:+.2f} dB)"
-                            for c in part["least_gain_cells"])  # fmt: skip
+        weakest = ", ".join(
+            f"sigma {c['sigma']:g} q {_q(c['quality'])} ({c['psnr_gain']:+.2f} dB)" for c in part["least_gain_cells"]
+        )
         lines.append(f"- {name}: weakest cells {weakest}.")
     lines += ["", "| crop (degraded / restored / clean, Kodak24) | what | cell | PSNR in -> out |", "|" + " --- |" * 4]
     for crop in (c for c in summary["crops"] if "strength" not in c):
-        lines.append(f"| ![{crop['what']}]({link}/{crop['file']}) | {crop['what']} ({crop['name']}) | {crop['cell']} "
-                     f"| {crop['psnr_input']:.2f} -> {crop['psnr_model']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| ![{crop['what']}]({link}/{crop['file']}) | {crop['what']} ({crop['name']}) | {crop['cell']} "
+            f"| {crop['psnr_input']:.2f} -> {crop['psnr_model']:.2f} |"
+        )
     return lines
 
 
 def render(summary: dict, readme_dir: Path, docs_dir: Path) -> str:
     """The results block for a README in `readme_dir` (links relative to it)."""
     link = Path(os.path.relpath(docs_dir.resolve(), readme_dir.resolve())).as_posix()
-    lines = [BEGIN, "", f"Model `{summary['model']}` (sha256 `{summary['model_sha256'][:12]}`), "
-             f"{summary['parameters']:,} parameters, {summary['macs_per_megapixel'] / 1e9:.1f} GMAC per megapixel. "
-             f"Generated by `{summary['command']}`; every figure is in [`results.json`]({link}/results.json), the "
-             "full per-image tables, plots and failure reports are written under `out/release/`.", "",
-             "**Bars**", ""]  # fmt: skip
+    lines = [
+        BEGIN,
+        "",
+        f"Model `{summary['model']}` (sha256 `{summary['model_sha256'][:12]}`), "
+        f"{summary['parameters']:,} parameters, {summary['macs_per_megapixel'] / 1e9:.1f} GMAC per megapixel. "
+        f"Generated by `{summary['command']}`; every figure is in [`results.json`]({link}/results.json), the "
+        "full per-image tables, plots and failure reports are written under `out/release/`.",
+        "",
+        "**Bars**",
+        "",
+    ]
     lines += [f"- {'met' if met else '**not met**'}: {what}: {figures}" for what, met, figures in bars(summary)]
-    lines += ["", "**Noise only, anchor protocol** (unclipped float noise, `np.random.seed(0)`; PSNR RGB dB; "
-              "published figures from the DRUNet paper; Kodak24 comparisons indicative, see ../shared/data/README.md)",
-              ""]  # fmt: skip
+    lines += [
+        "",
+        "**Noise only, anchor protocol** (unclipped float noise, `np.random.seed(0)`; PSNR RGB dB; "
+        "published figures from the DRUNet paper; Kodak24 comparisons indicative, see ../shared/data/README.md)",
+        "",
+    ]
     lines += _anchor_table(summary)
     for name, cells in summary["real"].items():
-        lines += ["", f"**Noise then JPEG, real protocol, {name}** (noise, 8 bits, libjpeg 4:2:0; per cell: PSNR input "
-                  "→ model (gain), then SSIM input → model)", ""]  # fmt: skip
+        lines += [
+            "",
+            f"**Noise then JPEG, real protocol, {name}** (noise, 8 bits, libjpeg 4:2:0; per cell: PSNR input "
+            "→ model (gain), then SSIM input → model)",
+            "",
+        ]
         lines += _grid(cells)
     lines += ["", "**CBM3D told the true sigma, on a subset** (it knows nothing of JPEG)", ""]
     for name, part in summary["bm3d"].items():
@@ -145,8 +190,12 @@ def _strength(summary: dict, link: str) -> list[str]:
     lines = []
     for entry in (c for c in summary["crops"] if "strength" in c):
         figures = ", ".join(f"{row['variant']} {row['psnr']:.2f} dB" for row in entry["strength"])
-        lines += ["", f"**Strength control** ({entry['name']}, cell {entry['cell']}, whole-image PSNR: {figures}; "
-                  "a larger sigma asks for more cleaning)", ""]  # fmt: skip
+        lines += [
+            "",
+            f"**Strength control** ({entry['name']}, cell {entry['cell']}, whole-image PSNR: {figures}; "
+            "a larger sigma asks for more cleaning)",
+            "",
+        ]
         lines.append(f"![strength control]({link}/{entry['file']})")
     return lines
 

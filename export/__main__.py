@@ -55,11 +55,20 @@ def run(args: argparse.Namespace) -> float:
         profile = make_profile(args.min_shape, args.opt_shape, args.max_shape)
         source = None if args.onnx else load_source(args.model or SHIPPED_MODEL)
         return export_tensorrt(
-            args.out, profile=profile, onnx_path=args.onnx, source=source, precision=args.precision, target=target,
-            tolerance=args.tolerance, calib_shards=args.calib_shards, calib_batches=args.calib_batches,
-            calib_cache=args.calib_cache, timing_cache=args.timing_cache, workspace_gib=args.workspace_gib,
+            args.out,
+            profile=profile,
+            onnx_path=args.onnx,
+            source=source,
+            precision=args.precision,
+            target=target,
+            tolerance=args.tolerance,
+            calib_shards=args.calib_shards,
+            calib_batches=args.calib_batches,
+            calib_cache=args.calib_cache,
+            timing_cache=args.timing_cache,
+            workspace_gib=args.workspace_gib,
             device_index=args.device,
-        )  # fmt: skip
+        )
     source = load_source(args.model or SHIPPED_MODEL)
     if args.format == "torchscript":
         from export.torchscript import TOLERANCE, export_torchscript
@@ -69,9 +78,14 @@ def run(args: argparse.Namespace) -> float:
     from export.onnx import export_onnx
 
     return export_onnx(
-        source, args.out, opset=args.opset, fp16=args.fp16, conditioned=args.conditioned,
-        static_shape=args.static_shape, tolerance=args.tolerance,
-    )  # fmt: skip
+        source,
+        args.out,
+        opset=args.opset,
+        fp16=args.fp16,
+        conditioned=args.conditioned,
+        static_shape=args.static_shape,
+        tolerance=args.tolerance,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

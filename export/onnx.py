@@ -96,8 +96,14 @@ def export_onnx(
     precision = "fp16" if fp16 else "fp32"
     tolerance = TOLERANCE[precision] if tolerance is None else tolerance
     graph = OnnxGraph(source.model, half=fp16, pooled_io=opset < 18).eval()
-    props = metadata(source, precision=precision, conditioned=conditioned, opset=opset, dynamic=static_shape is None,
-                     pooled_io=int(bool(graph.pool_channels)))  # fmt: skip
+    props = metadata(
+        source,
+        precision=precision,
+        conditioned=conditioned,
+        opset=opset,
+        dynamic=static_shape is None,
+        pooled_io=int(bool(graph.pool_channels)),
+    )
     with staged(out) as partial:
         write_graph(graph, partial, opset, conditioned, static_shape)
         finish(partial, opset, props)
@@ -154,9 +160,17 @@ def write_graph(
         if shapes is not None and not conditioned:
             shapes.pop("condition")
         program = torch.onnx.export(
-            graph, example, None, input_names=names, output_names=["restored"], opset_version=opset,
-            dynamo=True, dynamic_shapes=shapes, external_data=False, verbose=False,
-        )  # fmt: skip
+            graph,
+            example,
+            None,
+            input_names=names,
+            output_names=["restored"],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=shapes,
+            external_data=False,
+            verbose=False,
+        )
         program.save(str(path), external_data=False)
         return
     axes = None
@@ -169,9 +183,16 @@ def write_graph(
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated but is the one that writes opset 17
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            graph, example, str(path), input_names=names, output_names=outputs, opset_version=opset,
-            dynamic_axes=axes, dynamo=False, do_constant_folding=True,
-        )  # fmt: skip
+            graph,
+            example,
+            str(path),
+            input_names=names,
+            output_names=outputs,
+            opset_version=opset,
+            dynamic_axes=axes,
+            dynamo=False,
+            do_constant_folding=True,
+        )
 
 
 def finish(path: Path, opset: int, props: dict[str, str]) -> None:
@@ -195,8 +216,11 @@ def add_pooled_defaults(proto: onnx.ModelProto) -> None:
     if not all(name in graph_inputs for name in POOLED_INPUTS):
         return
     channels = graph_inputs["pooled_means"].type.tensor_type.shape.dim[0].dim_value
-    defaults = {"pooled_means": np.zeros(channels, np.float32), "pooled_mix": np.ones(1, np.float32),
-                "pooled_core": np.array([WHOLE_CORE], np.int64)}  # fmt: skip
+    defaults = {
+        "pooled_means": np.zeros(channels, np.float32),
+        "pooled_mix": np.ones(1, np.float32),
+        "pooled_core": np.array([WHOLE_CORE], np.int64),
+    }
     present = {tensor.name for tensor in proto.graph.initializer}
     for name, value in defaults.items():
         if name not in present:

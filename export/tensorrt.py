@@ -209,9 +209,14 @@ def export_tensorrt(
     stride = source.stride if source is not None else int(read_metadata(onnx_path).get("stride") or 1)
     with staged(out) as partial:
         info = build_engine(
-            onnx_path, partial, profile=profile, precision=precision, target=target, fp32_onnx=fp32_onnx,
+            onnx_path,
+            partial,
+            profile=profile,
+            precision=precision,
+            target=target,
+            fp32_onnx=fp32_onnx,
             **build_options,
-        )  # fmt: skip
+        )
         runner = EngineRunner(partial, build_options.get("device_index", 0), allow_fallback=False)
         shape = parity_shape(profile, stride)
         inputs = parity_inputs(shape, "condition" in runner.input_names)

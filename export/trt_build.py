@@ -102,13 +102,18 @@ def build_engine(
         Path(engine_path).write_bytes(bytes(serialized))
     del parser, calibrator
     return {
-        "onnx": str(onnx_path), "fp32_onnx": str(Path(fp32_onnx).resolve()) if fp32_onnx else None,
-        "precision": precision, "strongly_typed": strongly_typed,
+        "onnx": str(onnx_path),
+        "fp32_onnx": str(Path(fp32_onnx).resolve()) if fp32_onnx else None,
+        "precision": precision,
+        "strongly_typed": strongly_typed,
         "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
-        "pinned_fp32_layers": pinned, "tensorrt": trt.__version__, "target": target.name if target else None,
+        "pinned_fp32_layers": pinned,
+        "tensorrt": trt.__version__,
+        "target": target.name if target else None,
         "device": torch.cuda.get_device_name(device_index),
-        "compute_capability": list(torch.cuda.get_device_capability(device_index)), "onnx_metadata": meta,
-    }  # fmt: skip
+        "compute_capability": list(torch.cuda.get_device_capability(device_index)),
+        "onnx_metadata": meta,
+    }
 
 
 def _check_build(trt, precision: str, target: Target | None, onnx_precision: str, device_index: int) -> bool:

@@ -84,18 +84,26 @@ def plan_typing(trt_version: str, precision: str, onnx_precision: str) -> tuple[
     """
     major = int(trt_version.split(".")[0])
     if onnx_precision == "fp16" and precision != "fp16":
-        raise PlanError(f"an fp16 ONNX graph computes in float16 whatever the builder is told: build {precision} "
-                        "engines from the fp32 export")  # fmt: skip
+        raise PlanError(
+            f"an fp16 ONNX graph computes in float16 whatever the builder is told: build {precision} "
+            "engines from the fp32 export"
+        )
     if major >= 11 and precision == "int8":
-        raise PlanError(f"TensorRT {trt_version} has no implicit INT8 calibration: quantise the ONNX explicitly "
-                        "(Q/DQ nodes, e.g. NVIDIA Model Optimizer) or use TensorRT 8.6/10.x")  # fmt: skip
+        raise PlanError(
+            f"TensorRT {trt_version} has no implicit INT8 calibration: quantise the ONNX explicitly "
+            "(Q/DQ nodes, e.g. NVIDIA Model Optimizer) or use TensorRT 8.6/10.x"
+        )
     if major >= 11 and precision == "fp16" and onnx_precision != "fp16":
-        raise PlanError(f"TensorRT {trt_version} builds only strongly typed networks: make the FP16 engine from an "
-                        "fp16 ONNX (python -m export onnx --fp16)")  # fmt: skip
+        raise PlanError(
+            f"TensorRT {trt_version} builds only strongly typed networks: make the FP16 engine from an "
+            "fp16 ONNX (python -m export onnx --fp16)"
+        )
     warnings = []
     if major == 10 and precision == "fp16" and onnx_precision != "fp16":
-        warnings.append("TensorRT 10 may not honour per-layer FP32 pins (TensorRT#3941); an fp16 ONNX "
-                        "(python -m export onnx --fp16) builds a strongly typed network instead")  # fmt: skip
+        warnings.append(
+            "TensorRT 10 may not honour per-layer FP32 pins (TensorRT#3941); an fp16 ONNX "
+            "(python -m export onnx --fp16) builds a strongly typed network instead"
+        )
     return major >= 11 or (major >= 10 and onnx_precision == "fp16"), warnings
 
 

@@ -40,8 +40,9 @@ class OnnxBackend(Backend):
         if precision != file_precision:
             notes.append(f"{path.name} holds a {file_precision} graph: it runs in {file_precision}, not {precision}")
         stride = int(metadata.get("stride", DEFAULT_STRIDE))
-        super().__init__(f"onnx:{path.name}", device if on_cuda else torch.device("cpu"), stride,
-                         len(inputs) > 1, file_precision)  # fmt: skip
+        super().__init__(
+            f"onnx:{path.name}", device if on_cuda else torch.device("cpu"), stride, len(inputs) > 1, file_precision
+        )
         self.notes.extend(notes)
         self.pool_channels = self.pooled_io_channels
         shape = inputs[0].shape
@@ -97,9 +98,10 @@ def pooled_feeds(pooling: PoolRequest, start: int, step: int, channels: int) -> 
 
     means = pooling.means if pooling.means is not None else torch.zeros(channels)
     return {
-        "pooled_means": means.float().numpy(), "pooled_core": pooling.cores[start : start + step].numpy(),
+        "pooled_means": means.float().numpy(),
+        "pooled_core": pooling.cores[start : start + step].numpy(),
         "pooled_mix": np.array([1.0 if pooling.means is None else 0.0], dtype=np.float32),
-    }  # fmt: skip
+    }
 
 
 def float32_graph(path: Path) -> bytes:

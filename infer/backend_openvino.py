@@ -58,8 +58,11 @@ class OpenVinoBackend(Backend):
         self._set_precision(precision)
 
     def _set_precision(self, precision: str) -> None:
-        config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "INFERENCE_NUM_THREADS": cpu_threads(),
-                  "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+        config = {
+            "INFERENCE_PRECISION_HINT": HINTS[precision],
+            "INFERENCE_NUM_THREADS": cpu_threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         self.compiled = self.core.compile_model(self.model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision

@@ -55,8 +55,9 @@ class Backend:
         self.max_hw: tuple[int, int] | None = None
         self.pool_channels = 0
 
-    def __call__(self, degraded: torch.Tensor, condition: torch.Tensor | None = None,
-                 pooling: PoolRequest | None = None) -> torch.Tensor:  # fmt: skip
+    def __call__(
+        self, degraded: torch.Tensor, condition: torch.Tensor | None = None, pooling: PoolRequest | None = None
+    ) -> torch.Tensor:
         """Restore `(N, 3, H, W)` float images in [0, 1]; the result is clamped to [0, 1] on the input's device.
         `pooling` (backends with `pool_channels` only) injects statistics and receives the call's sums."""
         if degraded.ndim != 4 or degraded.shape[1] != 3:
@@ -84,8 +85,9 @@ class Backend:
         if message not in self.notes:
             self.notes.append(message)
 
-    def _checked_run(self, inputs: torch.Tensor, condition: torch.Tensor | None,
-                     pooling: PoolRequest | None) -> tuple[torch.Tensor, str | None]:  # fmt: skip
+    def _checked_run(
+        self, inputs: torch.Tensor, condition: torch.Tensor | None, pooling: PoolRequest | None
+    ) -> tuple[torch.Tensor, str | None]:
         try:
             restored = self._run(inputs, condition, pooling)
         except torch.cuda.OutOfMemoryError:
@@ -111,8 +113,9 @@ class TorchBackend(Backend):
     the fp32 weights are kept on the CPU, so the fallback restores them exactly (casting back would keep any
     weight that overflowed float16 as inf)."""
 
-    def __init__(self, module: nn.Module, name: str, device: torch.device, precision: str, stride: int,
-                 conditioned: bool) -> None:  # fmt: skip
+    def __init__(
+        self, module: nn.Module, name: str, device: torch.device, precision: str, stride: int, conditioned: bool
+    ) -> None:
         super().__init__(name, device, stride, conditioned, precision)
         if device.type == "mps" and precision != "fp32":
             self.notes.append(f"{name}: MPS runs fp32 only ({precision} gives black images there); using fp32")

@@ -40,27 +40,51 @@ seams, which share whole-image pooling statistics (--stats). A second bar shows 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m infer", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+        prog="python -m infer",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    parser.add_argument("--model", type=Path, help=f"checkpoint, TorchScript, ONNX or TensorRT file "
-                        f"(default: the shipped model, now {SHIPPED_MODEL.name})")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help=f"checkpoint, TorchScript, ONNX or TensorRT file (default: the shipped model, now {SHIPPED_MODEL.name})",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
-                        help="for the shipped model or an ONNX file (auto: the fastest available here)")  # fmt: skip
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=RUNTIMES,
+        help="for the shipped model or an ONNX file (auto: the fastest available here)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: the cores this process may use)")
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
-                        help="fp16/bf16 fall back to fp32 if an output fails a check; MPS runs fp32 only")  # fmt: skip
-    parser.add_argument("--tile", type=int, help="tile size in pixels (a multiple of the model's stride); "
-                        "default: the whole image if it fits in memory, else the largest tile that fits")  # fmt: skip
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=sorted(PRECISIONS),
+        help="fp16/bf16 fall back to fp32 if an output fails a check; MPS runs fp32 only",
+    )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        help="tile size in pixels (a multiple of the model's stride); "
+        "default: the whole image if it fits in memory, else the largest tile that fits",
+    )
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="tile overlap in pixels")
-    parser.add_argument("--stats", default="auto", help="how tiles get whole-image pooling statistics: auto, local, "
-                        "sample:K, passes:N (model.pooling.stats_plan)")  # fmt: skip
+    parser.add_argument(
+        "--stats",
+        default="auto",
+        help="how tiles get whole-image pooling statistics: auto, local, sample:K, passes:N (model.pooling.stats_plan)",
+    )
     parser.add_argument("--sigma", type=float, help="noise sigma (0-255 scale) to remove: conditioned models only")
-    parser.add_argument("--quality", type=int, help="JPEG quality (1-100, 100 = no JPEG) the input was saved at: "
-                        "conditioned models only; a value left out is estimated by the model")  # fmt: skip
+    parser.add_argument(
+        "--quality",
+        type=int,
+        help="JPEG quality (1-100, 100 = no JPEG) the input was saved at: "
+        "conditioned models only; a value left out is estimated by the model",
+    )
     parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
     parser.add_argument("--batch", type=int, default=1, help="restore up to N equal-sized images per forward pass")
     return parser
@@ -122,8 +146,9 @@ def _open(args: argparse.Namespace) -> tuple[Backend, torch.Tensor | None]:
     return backend, encode_condition(1, args.sigma, args.quality)
 
 
-def _run(backend: Backend, jobs: list[Job], args: argparse.Namespace, condition: torch.Tensor | None,
-         bar: tqdm) -> Iterator[tuple[Job, str | None]]:  # fmt: skip
+def _run(
+    backend: Backend, jobs: list[Job], args: argparse.Namespace, condition: torch.Tensor | None, bar: tqdm
+) -> Iterator[tuple[Job, str | None]]:
     """Restore and write every job, batching equal sizes; yields `(job, None)` when written, else the reason."""
     pending: dict[tuple[int, int], list[tuple[Job, Loaded]]] = {}
     for job, loaded, error in _prefetch(jobs, ahead=2 * args.batch):
@@ -142,8 +167,13 @@ def _run(backend: Backend, jobs: list[Job], args: argparse.Namespace, condition:
         yield from _flush(backend, group, args, condition, bar)
 
 
-def _flush(backend: Backend, group: list[tuple[Job, Loaded]], args: argparse.Namespace,
-           condition: torch.Tensor | None, bar: tqdm) -> Iterator[tuple[Job, str | None]]:  # fmt: skip
+def _flush(
+    backend: Backend,
+    group: list[tuple[Job, Loaded]],
+    args: argparse.Namespace,
+    condition: torch.Tensor | None,
+    bar: tqdm,
+) -> Iterator[tuple[Job, str | None]]:
     degraded = torch.stack([to_tensor(loaded.rgb8) for _, loaded in group])  # (N, 3, H, W)
     rows = None if condition is None else condition.expand(len(group), -1)
     height, width = degraded.shape[-2:]
@@ -181,8 +211,9 @@ class TileBar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, unit="tile", desc=f"  {self.name[:40]}", leave=False, position=1,
-                            dynamic_ncols=True)  # fmt: skip
+            self.bar = tqdm(
+                total=total, unit="tile", desc=f"  {self.name[:40]}", leave=False, position=1, dynamic_ncols=True
+            )
         self.bar.update(done - self.bar.n)
         elapsed = self.bar.format_dict["elapsed"]
         if done and elapsed > 0:  # the tiles cover the image once per pass: MPix/s of finished image

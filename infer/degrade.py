@@ -46,8 +46,9 @@ def degrade_file(source: Path, out: Path, sigma_255: float, quality: int, seed: 
         save_png(noisy8, out)
         return noisy8
     buffer = io.BytesIO()  # the same encoder call as pipeline.io.pil_jpeg, keeping the bytes
-    Image.fromarray(noisy8, "RGB").save(buffer, format="JPEG", quality=quality,
-                                        subsampling=SUBSAMPLING_NAMES[SUBSAMPLING_420])  # fmt: skip
+    Image.fromarray(noisy8, "RGB").save(
+        buffer, format="JPEG", quality=quality, subsampling=SUBSAMPLING_NAMES[SUBSAMPLING_420]
+    )
     with Image.open(io.BytesIO(buffer.getvalue())) as img:
         degraded8 = np.asarray(img.convert("RGB"))
     if suffix in JPEG_SUFFIXES:

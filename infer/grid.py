@@ -47,10 +47,12 @@ def tile_grid(
     axes = []
     for length, tile in zip(full_hw, tile_hw, strict=True):
         starts, size = starts_along(length, tile, step_overlap)
-        axes.append(list(zip(starts, axis_weights(length, starts, size, overlap), cores(starts, size, stride),
-                             strict=True)))  # fmt: skip
-    boxes = [Box(y, x, (wy[:, None] * wx[None, :]).to(device), (*cy, *cx))
-             for y, wy, cy in axes[0] for x, wx, cx in axes[1]]  # fmt: skip
+        axes.append(
+            list(zip(starts, axis_weights(length, starts, size, overlap), cores(starts, size, stride), strict=True))
+        )
+    boxes = [
+        Box(y, x, (wy[:, None] * wx[None, :]).to(device), (*cy, *cx)) for y, wy, cy in axes[0] for x, wx, cx in axes[1]
+    ]
     return boxes, len(axes[1])
 
 

@@ -49,9 +49,13 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 tiled = restore(backend, degraded, tile, overlap, stats=stats)
                 cost = backend.pixels / (clean8.shape[0] * clean8.shape[1])
                 found[(tile, overlap, stats)].append(
-                    (psnr(tiled, clean).item() - whole_db, psnr(tiled, whole).item(),
-                     (tiled - whole).abs().max().item() * 255, cost)
-                )  # fmt: skip
+                    (
+                        psnr(tiled, clean).item() - whole_db,
+                        psnr(tiled, whole).item(),
+                        (tiled - whole).abs().max().item() * 255,
+                        cost,
+                    )
+                )
         names = ", ".join(path.name for path in files[first : first + count])
         print(f"{names}: {clean8.shape[1]}x{clean8.shape[0]}", flush=True)
     return [_summary(config, values) for config, values in found.items()]
@@ -81,12 +85,16 @@ def mosaic(images: list[np.ndarray], side: int) -> np.ndarray:
 def _summary(config: tuple, values: list[tuple[float, float, float]]) -> dict:
     delta = np.array([v[0] for v in values])
     return {
-        "tile": config[0], "overlap": config[1], "stats": config[2], "images": len(values),
-        "mean_delta_db": float(delta.mean()), "worst_abs_delta_db": float(np.abs(delta).max()),
+        "tile": config[0],
+        "overlap": config[1],
+        "stats": config[2],
+        "images": len(values),
+        "mean_delta_db": float(delta.mean()),
+        "worst_abs_delta_db": float(np.abs(delta).max()),
         "min_psnr_vs_untiled_db": float(min(v[1] for v in values)),
         "max_abs_diff_levels": float(max(v[2] for v in values)),
         "passes": float(np.mean([v[3] for v in values])),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,8 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = measure(args)
-    print("| tile | overlap | stats | images | mean dPSNR dB | worst abs dPSNR dB | min PSNR vs untiled dB "
-          "| max abs diff (levels) | model passes |\n" + "| --- " * 9 + "|")  # fmt: skip
+    print(
+        "| tile | overlap | stats | images | mean dPSNR dB | worst abs dPSNR dB | min PSNR vs untiled dB "
+        "| max abs diff (levels) | model passes |\n" + "| --- " * 9 + "|"
+    )
     for r in rows:
         print(
             f"| {r['tile']} | {r['overlap']} | {r['stats']} | {r['images']} | {r['mean_delta_db']:+.4f} | "

@@ -33,9 +33,15 @@ CPU_ACTIVATION_LIMIT_BYTES = 2 * 2**30  # one forward pass on a CPU holds at mos
 
 
 def restore(
-    backend: Runnable, degraded: torch.Tensor, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-    condition: torch.Tensor | None = None, *, stats: str = "auto", progress: Progress | None = None,
-) -> torch.Tensor:  # fmt: skip
+    backend: Runnable,
+    degraded: torch.Tensor,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    condition: torch.Tensor | None = None,
+    *,
+    stats: str = "auto",
+    progress: Progress | None = None,
+) -> torch.Tensor:
     """Restore `(N, 3, H, W)` images in [0, 1] (result on the input's device). `tile=None`: the whole image when it
     fits in free memory, else the largest tile that fits; a `tile` that is not a multiple of `backend.stride` is
     rounded down to one. `condition`: `(N, 4)` rows for a conditioned model, or None. `stats`: how tiles of a
@@ -106,9 +112,15 @@ def check_tile(tile: int, stride: int, overlap: int) -> int:
 
 
 def _restore_with(
-    backend: Runnable, degraded: torch.Tensor, tile: int, overlap: int, condition: torch.Tensor | None,
-    stats: str, progress: Progress | None, fit: bool = False,
-) -> torch.Tensor:  # fmt: skip
+    backend: Runnable,
+    degraded: torch.Tensor,
+    tile: int,
+    overlap: int,
+    condition: torch.Tensor | None,
+    stats: str,
+    progress: Progress | None,
+    fit: bool = False,
+) -> torch.Tensor:
     """Tiles of `tile` px (or the file's fixed size); `fit` shrinks each axis's tiles to cover it evenly."""
     fixed_hw = getattr(backend, "fixed_hw", None)
     tile_h, tile_w = fixed_hw or (tile, tile)
@@ -138,9 +150,16 @@ def _tiles_per_call(backend: Runnable, tile_h: int, tile_w: int) -> int:
 
 
 def _restore_one(
-    backend: Runnable, image: torch.Tensor, tile_h: int, tile_w: int, overlap: int,
-    condition: torch.Tensor | None, per_call: int, stats: str, progress: Progress | None,
-) -> torch.Tensor:  # fmt: skip
+    backend: Runnable,
+    image: torch.Tensor,
+    tile_h: int,
+    tile_w: int,
+    overlap: int,
+    condition: torch.Tensor | None,
+    per_call: int,
+    stats: str,
+    progress: Progress | None,
+) -> torch.Tensor:
     """Tile one `(1, 3, H, W)` image, run the tiles in groups of `per_call`, blend them back.
 
     The image is first padded (replicate, bottom and right) to a multiple of the stride, as the model pads it
@@ -175,9 +194,13 @@ def _restore_one(
 
 
 def _sampled_grid(
-    plan: StatsPlan, full_hw: tuple[int, int], tile_hw: tuple[int, int], overlap: int, stride: int,
+    plan: StatsPlan,
+    full_hw: tuple[int, int],
+    tile_hw: tuple[int, int],
+    overlap: int,
+    stride: int,
     device: torch.device,
-) -> list[Box]:  # fmt: skip
+) -> list[Box]:
     """The tiles the statistics passes run: all the image's tiles, or with `plan.sample` a lattice of 1 in
     `sample`**2 tiles of at most `STATS_TILE` px, spaced closer where that would leave fewer than `MIN_SAMPLED`."""
     if plan.sample <= 1:
@@ -207,9 +230,16 @@ class _Counter:
 
 
 def _run_tiles(
-    backend: Runnable, padded: torch.Tensor, boxes: list[Box], weight_sum: torch.Tensor, per_call: int,
-    condition: torch.Tensor | None, means: torch.Tensor | None, counter: _Counter, blend: bool,
-) -> torch.Tensor:  # fmt: skip
+    backend: Runnable,
+    padded: torch.Tensor,
+    boxes: list[Box],
+    weight_sum: torch.Tensor,
+    per_call: int,
+    condition: torch.Tensor | None,
+    means: torch.Tensor | None,
+    counter: _Counter,
+    blend: bool,
+) -> torch.Tensor:
     """Run every tile; return the blended `(1, 3, H, W)` result when `blend`, else the pooled sums `(P,)`.
     `means` (backends with pooled I/O) replace each tile's own pooling."""
     size_y, size_x = boxes[0].window.shape

@@ -15,9 +15,11 @@ SIGMA_SCALE_255 = 50.0
 
 
 def encode_condition(
-    n: int, sigma_255: float | torch.Tensor | None = None, quality: float | torch.Tensor | None = None,
+    n: int,
+    sigma_255: float | torch.Tensor | None = None,
+    quality: float | torch.Tensor | None = None,
     device: torch.device | str = "cpu",
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Condition rows for `n` images; None withholds that value (blind). `quality` 0 or >= 100 means no JPEG."""
     cond = torch.zeros(n, COND_DIM, device=device)
     if sigma_255 is not None:

@@ -125,9 +125,11 @@ def run_pooled(
     if mix is None:
         mix = torch.tensor([1.0 if request.means is None else 0.0])
     shared = {
-        "means": means.to(device, torch.float32), "core": request.cores.to(device),
-        "mix": mix.to(device, torch.float32), "sums": [],
-    }  # fmt: skip
+        "means": means.to(device, torch.float32),
+        "core": request.cores.to(device),
+        "mix": mix.to(device, torch.float32),
+        "sums": [],
+    }
     for layer in layers:
         layer.request = shared
     try:
@@ -170,8 +172,10 @@ def stats_plan(backend: object, stats: str) -> StatsPlan:
         if kind == "local" and not value:
             continue
         if kind not in found or not value.isdigit():
-            raise ValueError(f"unknown pooling statistics {stats!r}: use local, passes:N, sample:K, downscale:F "
-                             "(or several joined by +)")  # fmt: skip
+            raise ValueError(
+                f"unknown pooling statistics {stats!r}: use local, passes:N, sample:K, downscale:F "
+                "(or several joined by +)"
+            )
         found[kind] = int(value)
     if found["sample"] > 1 and "passes" not in stats:
         found["passes"] = 1

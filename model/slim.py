@@ -20,8 +20,14 @@ def slim(path: str | Path, out: str | Path, fp16: bool = False) -> dict:
     if name is None:
         raise ValueError(f"{path} has no model name: only this project's checkpoints can be slimmed")
     weights = {k: v.half() if fp16 and v.is_floating_point() else v for k, v in strip_prefixes(state).items()}
-    slimmed = {"model": weights, "model_name": name, "model_kwargs": kwargs, "ema": None,
-               "config": checkpoint.get("config"), "step": checkpoint.get("step")}  # fmt: skip
+    slimmed = {
+        "model": weights,
+        "model_name": name,
+        "model_kwargs": kwargs,
+        "ema": None,
+        "config": checkpoint.get("config"),
+        "step": checkpoint.get("step"),
+    }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(slimmed, out)
     return slimmed

@@ -156,10 +156,12 @@ def check(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(f"run.{key} must be >= 1, got {getattr(cfg.run, key)}")
     if not 0 <= cfg.model.p_withheld <= 1:
         raise ValueError(f"model.p_withheld must be in [0, 1], got {cfg.model.p_withheld}")
-    choices = {"loss.kind": (cfg.loss.kind, ("l1", "charbonnier", "psnr")),
-               "optim.lr_scaling": (cfg.optim.lr_scaling, ("none", "sqrt", "linear")),
-               "run.amp": (cfg.run.amp, ("auto", "off", "bf16", "fp16")),
-               "log.wandb": (cfg.log.wandb, ("offline", "online", "off"))}  # fmt: skip
+    choices = {
+        "loss.kind": (cfg.loss.kind, ("l1", "charbonnier", "psnr")),
+        "optim.lr_scaling": (cfg.optim.lr_scaling, ("none", "sqrt", "linear")),
+        "run.amp": (cfg.run.amp, ("auto", "off", "bf16", "fp16")),
+        "log.wandb": (cfg.log.wandb, ("offline", "online", "off")),
+    }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
