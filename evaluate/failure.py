@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from evaluate.analysis import EDGE_COHERENCE, FLAT_GRADIENT_255, TILE_CLASSES
+from evaluate.results import EvalResult
 
 RULE = (
     f"Tiles are labelled on the clean image's BT.601 luma (0-255), central-difference gradients: `flat` if the RMS "
@@ -26,7 +27,7 @@ def _quality(quality: int | None) -> str:
     return "none" if quality is None else str(quality)
 
 
-def _least_gain_cells(result: dict) -> list[str]:
+def _least_gain_cells(result: EvalResult) -> list[str]:
     lines = ["## Cells with the least gain", "", "| sigma | quality | PSNR gain | SSIM gain |", "|" + " --- |" * 4]
     for cell in result["least_gain_cells"]:
         lines.append(
@@ -36,7 +37,7 @@ def _least_gain_cells(result: dict) -> list[str]:
     return lines + [""]
 
 
-def _content_table(result: dict) -> list[str]:
+def _content_table(result: EvalResult) -> list[str]:
     """Mean tile PSNR gain per cell and content class (tile count in brackets)."""
     by_cell: dict[str, dict[str, dict]] = {}
     for entry in result["tile_classes"]:
@@ -51,7 +52,7 @@ def _content_table(result: dict) -> list[str]:
     return lines + [""]
 
 
-def _worst_images(result: dict) -> list[str]:
+def _worst_images(result: EvalResult) -> list[str]:
     lines = [
         "## Worst images by PSNR gain",
         "",
@@ -68,7 +69,7 @@ def _worst_images(result: dict) -> list[str]:
     return lines + [""]
 
 
-def _worst_tiles(result: dict) -> list[str]:
+def _worst_tiles(result: EvalResult) -> list[str]:
     lines = [
         "## Worst tiles by PSNR gain, per content class",
         "",
@@ -83,7 +84,7 @@ def _worst_tiles(result: dict) -> list[str]:
     return lines + [""]
 
 
-def failure_markdown(result: dict) -> str:
+def failure_markdown(result: EvalResult) -> str:
     """The whole failure report as markdown."""
     lines = [
         f"# Failure report: {result.get('model', 'model')} ({result['protocol']} protocol)",
@@ -95,7 +96,7 @@ def failure_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_failure_report(result: dict, out: Path) -> Path:
+def write_failure_report(result: EvalResult, out: Path) -> Path:
     """Write `failure.md` under `out` (its crops are written by `evaluate.report.write_outputs`)."""
     path = out / "failure.md"
     path.write_text(failure_markdown(result))

@@ -22,6 +22,7 @@ from evaluate.baselines import Restorer, identity_restorer, make_baseline, model
 from evaluate.collect import Collector
 from evaluate.metrics import metric_label, psnr, ssim
 from evaluate.protocols import Cell, degrade, make_cells
+from evaluate.results import CellSummary, EvalResult
 from model import is_conditioned
 from pipeline.device import resolve_device
 from pipeline.io import to_tensor
@@ -64,9 +65,9 @@ def _run_image(
     return row, {"clean": clean, "degraded": degraded, "views": views, "tiles": tiles}
 
 
-def _summarise(cell: Cell, rows: list[dict], methods: Sequence[str], seconds: float) -> dict:
+def _summarise(cell: Cell, rows: list[dict], methods: Sequence[str], seconds: float) -> CellSummary:
     """Mean metrics of one cell over its images (per-image PSNR averaged, as the papers report)."""
-    summary: dict = {"sigma": cell.sigma_255, "quality": cell.quality, "images": len(rows)}
+    summary = CellSummary(sigma=cell.sigma_255, quality=cell.quality, images=len(rows))
     for metric in ("psnr", "ssim"):
         for method in methods:
             summary[f"{metric}_{method}"] = float(np.mean([r[f"{metric}_{method}"] for r in rows]))
@@ -129,7 +130,7 @@ def evaluate(
     crops_per_cell: int = 2,
     worst: int = 6,
     progress: bool = True,
-) -> dict:
+) -> EvalResult:
     """Evaluate `model` (None = identity) on clean (H, W, 3) uint8 `images` over every sigma x quality cell.
 
     `told`: also run the (conditioned) model told each cell's true sigma and quality, as method "told".
@@ -157,7 +158,7 @@ def evaluate(
             bar.set_postfix(psnr_in=f"{row['psnr_input']:.2f}", psnr_out=f"{row['psnr_model']:.2f}")
         bar.close()
         cell_summaries.append(_summarise(cell, rows, methods, time.perf_counter() - cell_start))
-    result = _header(model, protocol, device, y_channel, crop_border, baseline, methods)
+    result = EvalResult(**_header(model, protocol, device, y_channel, crop_border, baseline, methods))
     result.update(cells=cell_summaries, messages=messages, seconds=time.perf_counter() - start)
     result.update(collector.finish(cell_summaries))
     return result

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 import numpy as np  # noqa: E402
 
+from evaluate.results import EvalResult
+
 
 def _axes_values(cells: list[dict]) -> tuple[list[float], list[int | None]]:
     """Sorted sigmas and qualities of the cells (no-JPEG last, as the cleanest condition)."""
@@ -22,7 +24,7 @@ def _quality_name(quality: int | None) -> str:
     return "no JPEG" if quality is None else f"q{quality}"
 
 
-def gain_heatmap(result: dict, path: Path) -> Path:
+def gain_heatmap(result: EvalResult, path: Path) -> Path:
     """Heatmap of mean PSNR gain (model - input, dB) over sigma (rows) x JPEG quality (columns)."""
     cells = result["cells"]
     sigmas, qualities = _axes_values(cells)
@@ -47,7 +49,7 @@ def gain_heatmap(result: dict, path: Path) -> Path:
     return path
 
 
-def psnr_vs_sigma(result: dict, path: Path) -> Path:
+def psnr_vs_sigma(result: EvalResult, path: Path) -> Path:
     """PSNR against sigma, one colour per quality: model solid, input dashed, baselines dotted."""
     cells = result["cells"]
     sigmas, qualities = _axes_values(cells)
@@ -72,6 +74,6 @@ def psnr_vs_sigma(result: dict, path: Path) -> Path:
     return path
 
 
-def write_plots(result: dict, out: Path) -> list[Path]:
+def write_plots(result: EvalResult, out: Path) -> list[Path]:
     """Write `gain_heatmap.png` and `psnr_vs_sigma.png` under `out`."""
     return [gain_heatmap(result, out / "gain_heatmap.png"), psnr_vs_sigma(result, out / "psnr_vs_sigma.png")]

@@ -26,6 +26,7 @@ from evaluate.harness import evaluate
 from evaluate.protocols import Cell
 from evaluate.release_report import render, replace_block
 from evaluate.report import _jsonable, write_outputs
+from evaluate.results import EvalResult
 from evaluate.strength import strength_figure
 from model import SHIPPED_MODEL, count_params, is_conditioned, macs_per_megapixel
 from pipeline.io import load_rgb8
@@ -126,7 +127,7 @@ def bm3d_summary(bm3d: dict, real: dict) -> dict:
     return {"images": bm3d["names"], "cells": cells}
 
 
-def check_rows(name: str, protocol: str, result: dict) -> list[dict]:
+def check_rows(name: str, protocol: str, result: EvalResult) -> list[dict]:
     """Per-image figures the test re-measures: the blind model's, and the told model's where it ran."""
     wanted = set(CHECK_CELLS[protocol])
     return [

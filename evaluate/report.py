@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from evaluate.failure import write_failure_report
 from evaluate.plots import write_plots
+from evaluate.results import EvalResult
 from pipeline.io import save_png, to_rgb8_array
 
 PANEL_LABELS = ("degraded", "restored", "clean")
@@ -57,7 +58,7 @@ def _quality(quality: int | None) -> str:
     return "none" if quality is None else str(quality)
 
 
-def results_markdown(result: dict) -> str:
+def results_markdown(result: EvalResult) -> str:
     """Markdown summary: settings, then one table row per sigma x quality cell (input, model, baselines, gain)."""
     extra = [m for m in result["methods"] if m not in ("input", "model")]
     lines = [
@@ -100,7 +101,7 @@ def write_per_image_csv(rows: list[dict], path: Path) -> None:
             writer.writerow({k: ("none" if k == "quality" and v is None else v) for k, v in row.items()})
 
 
-def write_outputs(result: dict, out_dir: str | Path) -> list[Path]:
+def write_outputs(result: EvalResult, out_dir: str | Path) -> list[Path]:
     """Write every output file of `result` under `out_dir`; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
