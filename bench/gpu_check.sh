@@ -6,7 +6,8 @@
 #   tests_cuda   pytest -m cuda with TORCH_DEVICE=cuda (exit 5 = no test carries the marker)
 #   tests_device the device-parametrised tests (degradation, loaders, model) with TORCH_DEVICE=cuda
 #   dali_mixed   the DALI loader tests on CUDA, i.e. the `mixed` decoder (if DALI imports; else why not)
-#   degrade_step bench.degrade_step: the trainer's degradation call (compiled, float64) vs Pillow, ops per call
+#   degrade_*    bench.degrade_step: the trainer's degradation call vs Pillow (eager codecs; then compiled, whose
+#                cold compile may need most of its 100 s), ops per call
 #   step         bench.step: the release training step per batch size, ops, kernel-busy share, chosen batch
 #   degradation  bench.suite: device MPix/s vs Pillow/libjpeg on this machine's cores (degradation.json)
 #   training     bench.suite: a short training per loader backend, data-wait share, loader ceiling (training.json)
@@ -151,8 +152,11 @@ if [ -n "$missing" ]; then
   done
 else
   suite=("$py" -m bench.suite --quick --device "$device" --shards "$shards")
-  part degrade_step 90 "$py" -m bench.degrade_step --device "$device" --codecs compiled,float64 --batch 128 \
-    --threads "$(nproc 2>/dev/null || echo 1)" --out "$out/degrade_step.json"
+  threads="$(nproc 2>/dev/null || echo 1)"
+  part degrade_eager 45 "$py" -m bench.degrade_step --device "$device" --codecs float64,int32 --batch 128 \
+    --threads "$threads" --out "$out/degrade_eager.json"
+  part degrade_compiled 100 "$py" -m bench.degrade_step --device "$device" --codecs compiled --batch 128 \
+    --threads "$threads" --out "$out/degrade_compiled.json"
   part step 120 "$py" -m bench.step --config train/release_gpu.yaml --batches "${GPU_CHECK_BATCHES:-32,64,128,256}" \
     --steps 10 --device "$device" --out "$out/step.json"
   part degradation 60 "${suite[@]}" --sections degradation --out "$out/degradation.json"

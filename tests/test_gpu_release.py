@@ -86,3 +86,13 @@ def test_rehearsal_trains_and_brings_back_every_file(tmp_path):
     assert summary["model"]["params"] == 3_022_323
     model = load_model(out / "model-fp16.pt")
     assert model.film is not None  # the conditioned release model, as trained
+
+
+def test_one_gpu_command_parses_and_explains_itself():
+    """scripts/gpu.sh (check, then release, packed into few files) is valid bash and refuses a call without OUTDIR."""
+    gpu = ROOT / "scripts" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(gpu)], capture_output=True).returncode == 0
+    done = subprocess.run(["bash", str(gpu)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "usage: bash scripts/gpu.sh OUTDIR" in done.stderr
+    helped = subprocess.run(["bash", str(gpu), "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 2 and "reports.tar.gz" in helped.stdout
