@@ -258,7 +258,7 @@ def _loop(
         waited = time.perf_counter() - wait_start
         lr = lr_at(state.step, cfg.optim, cfg.run.steps, world_size)
         started = logger.clock.start()
-        if state.step == first_step:  # count what one step launches, once (a dispatch mode slows that step)
+        if state.step == first_step + 1:  # count one step's ops once, past the optimizer's lazy state setup
             with OpCounter() as counter:
                 loss, params = train_step(state, clean, cfg, lr, dtype)
             logger.message(f"ops per training step: {counter.total} ({_top(counter)})")
