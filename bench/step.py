@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.timing import sync
+from bench.timing import repeat_times, sync
 from pipeline.device import resolve_device
 from pipeline.sync import OpCounter
 from train import amp_dtype, build_state, load_config, train_step
@@ -40,13 +40,7 @@ def measure(config: Path | None, sets: list[str], batch: int, steps: int, device
         step()
     with OpCounter() as counter:
         step()
-    times = []
-    for _ in range(steps):
-        sync(device)
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    times = repeat_times(step, steps, device, warmup=0)
     row = {
         "batch": batch,
         "patch": size,
