@@ -80,6 +80,10 @@ class SkipCounter:
         warn(f"skipped {text} ({total} skipped so far)")
 
     @property
+    def attempted(self) -> int:
+        return self._attempted.value
+
+    @property
     def skipped(self) -> int:
         return self._skipped.value
 
