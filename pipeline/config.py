@@ -12,8 +12,7 @@ class LoaderConfig:
     batch_size: int = 16  # crops per batch
     crops_per_image: int = 4  # crops cut from each decoded image (amortises decode)
     workers: int = 2  # torch DataLoader workers / DALI CPU threads
-    shuffle_buffer: int = 512  # crops held for shuffling (torch); DALI reader initial_fill in images
-    prefetch: int = 2  # batches prepared ahead per worker
+    prefetch: int = 2  # step groups prepared ahead per torch worker; DALI prefetch queue depth
     seed: int = 0
     max_bad_share: float = 0.02  # unreadable samples skipped (counted, warned) up to this share; past it the run stops
 

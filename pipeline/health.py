@@ -1,12 +1,13 @@
 """Damaged training data: skip it, count it, say so, and stop only past a set share.
 
-A long run on the user's own data must survive one bad file. `check_shards` runs at start: a shard that is missing or
-whose size differs from the manifest (an interrupted copy) is left out, with a warning naming it. While training, the
-torch loader's workers skip what they cannot read (a truncated tar, image bytes that no longer decode, a tar header
-that hides the samples after it) and count it in a `SkipCounter` shared across processes; each skip is printed with its
-shard and sample. The trainer logs the count and stops with `DataSkipLimit` (after a checkpoint) once more than
-`loader.max_bad_share` of the samples attempted (or of the split, early in the first pass) were lost. The fix is always
-the same: `python -m shards.verify DIR` names each damaged shard; repack it with `python -m shards.pack`.
+A long run on the user's own data must survive one bad file. `check_shards` runs at start: a shard that is missing
+or whose size differs from the manifest (an interrupted copy) is left out, with a warning naming it, and so are
+samples a damaged tar header hides from the index (`pipeline.stream`). While training, the torch loader's workers
+skip image bytes that no longer read or decode and count them in a `SkipCounter` shared across processes; each skip
+is printed with its shard and sample. The trainer logs the count and stops with `DataSkipLimit` (after a checkpoint)
+once more than `loader.max_bad_share` of the samples attempted (or of the split, early in the first pass) were lost.
+The fix is always the same: `python -m shards.verify DIR` names each damaged shard; repack it with `python -m
+shards.pack`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class SkipCounter:
         text = f"{Path(shard).name}: {what}: {why}"
         self._last.value = text.encode("utf-8", "replace")[:511]
         warn(f"skipped {text} ({total} skipped so far)")
+
+    @property
+    def attempted(self) -> int:
+        return self._attempted.value
 
     @property
     def skipped(self) -> int:

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from pipeline.config import LoaderConfig
-from pipeline.health import SkipCounter, check_shards
-from pipeline.loader_dali import check_dali_shuffle, dali_loader
-from pipeline.loader_torch import check_shard_count, torch_loader
+from pipeline.health import SkipCounter, check_shards, warn
+from pipeline.loader_dali import dali_loader
+from pipeline.loader_torch import torch_loader
 from pipeline.shard_format import read_manifest, split_shards
+from pipeline.stream import build_index
 
 BACKENDS = ("auto", "torch", "dali")
 
@@ -66,10 +67,13 @@ def make_loader(
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
+    start_step: int = 0,
 ) -> Iterator[torch.Tensor]:
-    """Infinite iterator of `clean` (N, 3, P, P) float32 RGB batches in [0, 1] on `device`.
+    """Infinite iterator of `clean` (N, 3, P, P) float32 RGB batches in [0, 1] on `device`, from step `start_step`.
 
-    Every rank passes its own `rank` of `world_size`: ranks (and torch workers) read disjoint shards/samples.
+    The batch at step k is a pure function of (seed, rank, k) (`pipeline.stream`): a loader started at k yields what
+    one started at 0 yields k batches later, and reads only one step group of images first. Every rank passes its own
+    `rank` of `world_size`: the ranks of one step read disjoint samples.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -80,11 +84,14 @@ def make_loader(
     check_config(manifest, split, cfg)
     entries = [entry for entry in manifest["shards"] if entry["split"] == split]
     usable, lost, why = check_shards(folder, entries, cfg.max_bad_share)  # missing or truncated tars: left out, named
-    shards = [folder / entry["name"] for entry in usable]
+    index, broken = build_index([folder / entry["name"] for entry in usable], [entry["samples"] for entry in usable])
+    for shard, missing, error in broken:  # a damaged tar header hides the members after it
+        why = f"{shard.name}: {missing} of its samples unread: {error}"
+        warn(f"shard {why}")
+        lost += missing
+    total = sum(entry["samples"] for entry in entries)
+    counter = SkipCounter(folder, total, cfg.max_bad_share, lost, why)
+    counter.check()
     if resolve_backend(cfg.backend) == "dali":
-        check_dali_shuffle(manifest, split, cfg)
-        return dali_loader(shards, cfg, device, rank, world_size)
-    check_shard_count(len(shards), cfg.workers, world_size)
-    counter = SkipCounter(folder, sum(entry["samples"] for entry in entries), cfg.max_bad_share, lost, why)
-    expected = [entry["samples"] for entry in usable]
-    return torch_loader(shards, cfg, device, rank, world_size, expected=expected, counter=counter)
+        return dali_loader(index, cfg, device, rank, world_size, start_step)
+    return torch_loader(index, cfg, device, rank, world_size, counter, start_step)

@@ -1,17 +1,16 @@
-"""Torch/webdataset backend: random patches from shard tars, decoded by PIL in DataLoader workers.
+"""Torch backend: the seekable stream (`pipeline.stream`) decoded by PIL in DataLoader workers.
 
-Each pass over the split shuffles the shard order (same permutation on every rank and worker, drawn from
-`seed + pass index`) and deals the shards round-robin to the `world_size * workers` readers, so one pass reads
-each sample exactly once. Workers decode with `pipeline.io.decode_rgb8`, cut `crops_per_image` random PxP
-patches per image, flip/rotate each by a random element of the 8-element dihedral group (numpy, uint8), mix
-them in a shuffle buffer and emit uint8 CHW patches; the main process moves whole uint8 batches to the device
-and converts to float there ([DALI] `fast_collate`: 4x less host-to-device traffic than float32).
+A map-style `GroupImages` dataset turns (group, image) into that image's `crops_per_image` (3, P, P) uint8 patches
+(decoded with `pipeline.io.decode_rgb8`, cut, mirrored and turned with numpy); `GroupSampler` asks for the
+`batch_size` images of each step group in order, from the group of the start step on, so workers decode in parallel
+and batches stay in step order. The main process moves whole uint8 groups to the device, converts them there
+([DALI] `fast_collate`: 4x less host-to-device traffic than float32) and yields patch c of every image as step c of
+the group. Starting at step k reads one group, as starting at step 0 does: resume costs the same at any step.
 
-Damaged data is skipped, not fatal (`pipeline.health`): a tar read error ends that shard (webdataset's handler
-continues with the next), a sample that does not decode is dropped, and a shard that yields fewer samples than its
-manifest entry (a truncated tar, a broken header) counts the missing ones; each is named in a warning and counted in
-a `SkipCounter` the trainer checks against `loader.max_bad_share`. `DeviceBatches.close()` stops the workers, so a
-run that stops on an error exits instead of waiting for workers that ignore SIGTERM.
+Damaged data is skipped, not fatal (`pipeline.health`): a sample whose bytes do not read or decode is counted and
+named, and the next sample of the stream stands in for it (a pure function of the data, so resume stays exact);
+`DeviceBatches.close()` stops the workers, so a run that stops on an error exits instead of waiting for workers that
+ignore SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,167 +20,88 @@ import itertools
 import signal
 import weakref
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.config import LoaderConfig
 from pipeline.health import SkipCounter
 from pipeline.io import decode_rgb8
-from pipeline.shard_format import IMAGE_EXTS
+from pipeline.stream import CropParams, SampleRef, crop_params, position, read_bytes, sample_index
+
+DECODE_ERRORS = (ValueError, OSError, SyntaxError, EOFError)
 
 
-def shard_order(num_shards: int, seed: int, pass_index: int) -> list[int]:
-    """The shard visiting order of one pass: a permutation every rank and worker agrees on."""
-    return np.random.default_rng([seed, pass_index]).permutation(num_shards).tolist()
-
-
-def reader_shards(
-    num_shards: int, seed: int, pass_index: int, rank: int, world_size: int, worker: int, workers: int
-) -> list[int]:
-    """Indices of the shards that one (rank, worker) reads in one pass; the readers partition all shards."""
-    reader, readers = rank * workers + worker, world_size * workers
-    return shard_order(num_shards, seed, pass_index)[reader::readers]
-
-
-def check_shard_count(num_shards: int, workers: int, world_size: int) -> None:
-    """Refuse setups where some reader would get no shard (webdataset then hangs, errs or clusters samples)."""
-    readers = max(workers, 1) * world_size
-    if num_shards < readers:
-        raise ValueError(
-            f"{num_shards} shards cannot feed {max(workers, 1)} workers x {world_size} ranks = {readers} readers: "
-            f"repack with `python -m shards.pack --min-shards {readers}` (or more), or lower loader.workers"
-        )
-
-
-def random_crops(image: np.ndarray, count: int, patch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """`count` random (3, P, P) uint8 patches of an (H, W, 3) uint8 image, each randomly flipped and rotated."""
+def cut(image: np.ndarray, params: list[CropParams], patch_size: int) -> np.ndarray:
+    """(K, 3, P, P) uint8 patches of an (H, W, 3) uint8 image, one per `params` entry."""
     height, width = image.shape[:2]
     if height < patch_size or width < patch_size:
         raise ValueError(f"image of {width}x{height} is smaller than the {patch_size}px patch")
     crops = []
-    for _ in range(count):
-        top = int(rng.integers(0, height - patch_size + 1))
-        left = int(rng.integers(0, width - patch_size + 1))
-        crop = image[top : top + patch_size, left : left + patch_size]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        crop = np.rot90(crop, k=int(rng.integers(0, 4)))
-        crops.append(np.ascontiguousarray(crop.transpose(2, 0, 1)))  # (3, P, P)
-    return crops
+    for crop in params:
+        top = min(int(crop.pos_y * (height - patch_size + 1)), height - patch_size)
+        left = min(int(crop.pos_x * (width - patch_size + 1)), width - patch_size)
+        patch = image[top : top + patch_size, left : left + patch_size]
+        patch = np.rot90(patch[:, ::-1] if crop.mirror else patch, k=crop.turns)
+        crops.append(patch.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(crops))
 
 
-def _image_bytes(sample: dict) -> bytes:
-    for ext in IMAGE_EXTS:
-        if ext in sample:
-            return sample[ext]
-    raise ValueError(f"sample {sample['__key__']} in {sample['__url__']} has no image ({'/'.join(IMAGE_EXTS)})")
+class GroupImages(Dataset):
+    """Item (group, image) -> (K, 3, P, P) uint8 patches of that image of this rank's step group.
 
-
-class PatchStream(IterableDataset):
-    """Yields `(patch, key)`: a (3, P, P) uint8 tensor and the sample key it was cut from.
-
-    `passes=None` repeats forever (training); a number stops after that many passes and drains the buffer
-    (used to check that a pass reads each sample exactly once). `expected[i]` is the manifest's sample count of
-    `shards[i]`; with a `counter`, unreadable samples are skipped and counted, else they raise.
+    With a `counter`, an unreadable sample is counted and the next stream position stands in; without, it raises.
     """
 
-    def __init__(
-        self,
-        shards: list[Path],
-        cfg: LoaderConfig,
-        rank: int = 0,
-        world_size: int = 1,
-        passes: int | None = None,
-        expected: list[int] | None = None,
-        counter: SkipCounter | None = None,
-    ):
-        super().__init__()
-        self.shards = [str(path) for path in shards]
-        self.cfg = cfg
-        self.rank = rank
-        self.world_size = world_size
-        self.passes = passes
-        self.expected = expected
-        self.counter = counter
+    def __init__(self, index: list[SampleRef], cfg: LoaderConfig, rank: int, world_size: int, counter=None):
+        self.index, self.cfg, self.rank, self.world_size, self.counter = index, cfg, rank, world_size, counter
 
-    def samples(self, worker: int, workers: int) -> Iterator[dict]:
-        """Raw tar samples of this reader, pass after pass, each pass in a freshly shuffled shard order."""
-        passes = itertools.count() if self.passes is None else range(self.passes)
-        for pass_index in passes:
-            mine = reader_shards(
-                len(self.shards), self.cfg.seed, pass_index, self.rank, self.world_size, worker, workers
-            )
-            for i in mine:
-                yield from self.shard_samples(i)
+    def __len__(self) -> int:  # a stream has no end; DataLoader only needs a number
+        return len(self.index)
 
-    def shard_samples(self, index: int) -> Iterator[dict]:
-        """The samples of one shard; with a counter, a read error ends the shard and the shortfall is counted."""
-        url = self.shards[index]
-        if self.counter is None:
-            yield from wds.tariterators.tarfile_samples(iter([{"url": url}]))
-            return
-        errors: list[str] = []
-
-        def handler(err: Exception) -> bool:
-            errors.append(f"{type(err).__name__}: {str(err.args[0] if err.args else err).split(' @ ')[0]}")
-            return True  # go on: webdataset ends this tar and continues with the next source
-
-        count = 0
-        for sample in wds.tariterators.tarfile_samples(iter([{"url": url}]), handler=handler):
-            count += 1
-            yield sample
-        missing = (self.expected[index] if self.expected else count) - count
-        if missing > 0 or errors:
-            why = errors[0] if errors else "the tar ends early or a damaged header hides them"
-            what = f"{max(missing, 0)} of its {self.expected[index] if self.expected else count} samples unread"
-            self.counter.skip(url, what, why, count=max(missing, 0))
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
-        info = get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        rng = np.random.default_rng([self.cfg.seed, self.rank, worker])
-        buffer: list[tuple[np.ndarray, str]] = []
-        for sample in self.samples(worker, workers):
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+        group, image = item
+        cfg = self.cfg
+        params = crop_params(cfg.seed, group, self.rank, image, cfg.crops_per_image)
+        start = position(group, self.rank, self.world_size, cfg.batch_size, image)
+        for step in range(len(self.index)):
+            ref = self.index[sample_index(cfg.seed, start + step, len(self.index))]
             try:
-                crops = random_crops(
-                    decode_rgb8(_image_bytes(sample)), self.cfg.crops_per_image, self.cfg.patch_size, rng
-                )
-            except (ValueError, OSError, SyntaxError, EOFError) as err:
+                patches = cut(decode_rgb8(read_bytes(ref)), params, cfg.patch_size)
+            except DECODE_ERRORS as err:
                 if self.counter is None:
-                    raise ValueError(f"sample {sample['__key__']} of {sample['__url__']}: {err}") from err
-                self.counter.skip(sample["__url__"], f"sample {sample['__key__']}", f"{type(err).__name__}: {err}")
+                    raise ValueError(f"sample {ref.key} of {ref.shard}: {err}") from err
+                if step == 0:  # counted at its own position only: a stand-in is counted where it is due
+                    self.counter.skip(ref.shard, f"sample {ref.key}", f"{type(err).__name__}: {err}")
                 continue
-            if self.counter is not None:
+            if self.counter is not None and step == 0:
                 self.counter.read()
-            for crop in crops:
-                if len(buffer) < max(self.cfg.shuffle_buffer, 1):
-                    buffer.append((crop, sample["__key__"]))
-                    continue
-                slot = int(rng.integers(0, len(buffer)))
-                out, buffer[slot] = buffer[slot], (crop, sample["__key__"])
-                yield torch.from_numpy(out[0]), out[1]
-        for slot in rng.permutation(len(buffer)):
-            yield torch.from_numpy(buffer[slot][0]), buffer[slot][1]
+            return torch.from_numpy(patches)
+        raise ValueError(f"no sample of the split decodes (last: {ref.key} of {ref.shard})")
 
 
-def patch_dataloader(
-    shards: list[Path], cfg: LoaderConfig, device: torch.device, rank: int = 0, world_size: int = 1, **stream_kw
-) -> DataLoader:
-    """DataLoader of `(patches (N, 3, P, P) uint8, keys)` batches; pinned host memory only for a CUDA device."""
-    check_shard_count(len(shards), cfg.workers, world_size)
+class GroupSampler(Sampler):
+    """The (group, image) items of each step group, from `first_group` on, for ever."""
+
+    def __init__(self, first_group: int, batch_size: int):
+        self.first_group, self.batch_size = first_group, batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for group in itertools.count(self.first_group):
+            yield [(group, image) for image in range(self.batch_size)]
+
+
+def group_dataloader(dataset: GroupImages, cfg: LoaderConfig, device: torch.device, first_group: int) -> DataLoader:
+    """DataLoader of (N, K, 3, P, P) uint8 groups; pinned host memory only for a CUDA device."""
     workers = cfg.workers > 0
     return DataLoader(
-        PatchStream(shards, cfg, rank, world_size, **stream_kw),
-        batch_size=cfg.batch_size,
+        dataset,
+        batch_sampler=GroupSampler(first_group, cfg.batch_size),
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers,
         prefetch_factor=cfg.prefetch if workers else None,
-        drop_last=False,  # an endless stream has no last batch; a finite one (passes=N) keeps every sample
         worker_init_fn=_ignore_stop_signals,
     )
 
@@ -193,30 +113,29 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 
 
 def torch_loader(
-    shards: list[Path],
+    index: list[SampleRef],
     cfg: LoaderConfig,
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
-    expected: list[int] | None = None,
     counter: SkipCounter | None = None,
+    start_step: int = 0,
 ) -> DeviceBatches:
-    """Infinite `clean` batches: (N, 3, P, P) float32 RGB in [0, 1] on `device`, converted there from uint8.
-
-    The DataLoader is built (and the setup checked) now, not at the first `next`. With a `counter`, unreadable
-    samples are skipped and counted (`expected`: the manifest's sample count per shard).
-    """
-    loader = patch_dataloader(shards, cfg, device, rank, world_size, expected=expected, counter=counter)
-    return DeviceBatches(loader, device, counter)
+    """Infinite `clean` batches from step `start_step` on: (N, 3, P, P) float32 RGB in [0, 1] on `device`."""
+    dataset = GroupImages(index, cfg, rank, world_size, counter)
+    group, skip = divmod(start_step, cfg.crops_per_image)
+    return DeviceBatches(group_dataloader(dataset, cfg, device, group), device, counter, skip)
 
 
 class DeviceBatches:
-    """The batches of a patch DataLoader on the device; checks the skip counter after each batch. `close()` stops
+    """The steps of a group DataLoader on the device; checks the skip counter after each group. `close()` stops
     the worker processes (they ignore SIGTERM, so an interpreter exit would otherwise wait on them for ever)."""
 
-    def __init__(self, loader: DataLoader, device: torch.device, counter: SkipCounter | None = None):
-        self.loader, self.device, self.counter = loader, device, counter
+    def __init__(self, loader: DataLoader, device: torch.device, counter: SkipCounter | None = None, skip: int = 0):
+        self.loader, self.device, self.counter, self.skip = loader, device, counter, skip
         self._batches: Iterator | None = None
+        self._group: torch.Tensor | None = None
+        self._next = 0
 
     def __iter__(self) -> DeviceBatches:
         return self
@@ -225,10 +144,14 @@ class DeviceBatches:
         if self._batches is None:
             self._batches = iter(self.loader)
             atexit.register(_close_at_exit, weakref.ref(self))  # runs before multiprocessing's own exit handler
-        patches, _keys = next(self._batches)
-        if self.counter is not None:
-            self.counter.check()
-        return patches.to(self.device, non_blocking=self.device.type == "cuda").float().div_(255.0)  # (N, 3, P, P)
+        if self._group is None or self._next == self._group.shape[1]:
+            group = next(self._batches)  # (N, K, 3, P, P) uint8
+            if self.counter is not None:
+                self.counter.check()
+            self._group = group.to(self.device, non_blocking=self.device.type == "cuda")
+            self._next, self.skip = self.skip, 0
+        self._next += 1
+        return self._group[:, self._next - 1].float().div_(255.0)  # (N, 3, P, P)
 
     def skip_note(self) -> str | None:
         """A line for the run log when more samples were skipped since the last call."""

@@ -42,7 +42,6 @@ TINY_MODEL_AND_LOADER = [
     "loader.patch_size=32",
     "loader.workers=0",
     "loader.crops_per_image=2",
-    "loader.shuffle_buffer=8",
 ]
 TINY = TINY_MODEL_AND_LOADER + [
     "run.steps=12",

@@ -47,7 +47,6 @@ TINY = [  # a conditioned NAFNet, so the strength control's FiLM also goes throu
     "loader.patch_size=32",
     "loader.workers=1",
     "loader.crops_per_image=2",
-    "loader.shuffle_buffer=8",
     f"run.steps={STEPS}",
     "run.log_every=4",
     f"run.val_every={STEPS // 2}",
@@ -191,7 +190,7 @@ def _wait_for_step(metrics: Path, step: int, process: subprocess.Popen) -> None:
 
 def loader_config() -> LoaderConfig:
     """One crop per image, no shuffle buffer: the first 6 crops of a rank are the 6 images of its 2 shards."""
-    return LoaderConfig(backend="torch", patch_size=32, batch_size=3, crops_per_image=1, workers=0, shuffle_buffer=1)
+    return LoaderConfig(backend="torch", patch_size=32, batch_size=3, crops_per_image=1, workers=0)
 
 
 def state_config() -> TrainConfig:

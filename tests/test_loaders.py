@@ -1,4 +1,4 @@
-"""Loaders: the `clean` contract, crops that really come from the shards, sharding, determinism, start-up guards.
+"""Loaders: the `clean` contract, crops that really come from the shards, sharding, determinism, seeking, guards.
 
 Shard folders are packed in the test from tiny "coded" PNGs whose pixel (y, x) of image i is (i, y, x), so any
 crop can be traced back to its source window up to the flip/rotation the loader applied.
@@ -23,8 +23,8 @@ from pipeline import make_loader
 from pipeline.config import LoaderConfig
 from pipeline.loader import resolve_backend
 from pipeline.loader_dali import _to_device as dali_to_device
-from pipeline.loader_torch import patch_dataloader, reader_shards
-from pipeline.shard_format import MANIFEST, read_manifest, split_shards
+from pipeline.shard_format import MANIFEST, read_manifest
+from pipeline.stream import epoch_order
 from shards.pack import pack
 
 HAS_DALI = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
@@ -77,7 +77,7 @@ def mixed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(**overrides) -> LoaderConfig:
-    base = dict(backend="torch", patch_size=16, batch_size=8, crops_per_image=2, workers=0, shuffle_buffer=16)
+    base = dict(backend="torch", patch_size=16, batch_size=8, crops_per_image=2, workers=0)
     return LoaderConfig(**{**base, **overrides})
 
 
@@ -96,7 +96,12 @@ def source_window(crop: np.ndarray, patch_size: int) -> tuple[int, int, int] | N
 
 
 def take(loader, count: int) -> list[torch.Tensor]:
-    return [next(loader) for _ in range(count)]
+    """`count` batches, then the loader closed: a DALI pipeline left running while a later test forks DataLoader
+    workers can deadlock them."""
+    try:
+        return [next(loader) for _ in range(count)]
+    finally:
+        loader.close()
 
 
 def check_contract(batches: list[torch.Tensor], cfg: LoaderConfig, device: torch.device) -> None:
@@ -144,31 +149,62 @@ def test_torch_same_seed_same_batches(shard_dir, device, workers):
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-def test_one_pass_reads_each_sample_once(shard_dir):
-    """2 ranks x 2 workers over 4 shards: one pass of the real DataLoaders yields each sample exactly once."""
-    cfg = config(workers=2, batch_size=1, crops_per_image=1)
-    keys, idents = Counter(), Counter()
-    for rank in range(2):
-        loader = patch_dataloader(split_shards(shard_dir, "train"), cfg, torch.device("cpu"), rank, 2, passes=1)
-        for patches, batch_keys in loader:
-            keys.update(batch_keys)
-            idents.update(source_window(crop, cfg.patch_size)[0] for crop in patches.numpy())
-    assert len(keys) == 24 and set(keys.values()) == {1}, f"keys read other than once: {keys}"
-    assert idents == Counter(range(1, 25))
+BACKENDS = ["torch", pytest.param("dali", marks=DALI_MARKS)]
 
 
-def test_shard_order_reshuffles_and_partitions_each_pass():
-    orders = [reader_shards(16, 0, pass_index, 0, 1, 0, 1) for pass_index in range(4)]
+def idents(batches: list[torch.Tensor], patch_size: int) -> list[int]:
+    crops = torch.cat(batches).mul(255).round().to(torch.uint8).cpu().numpy()
+    return [source_window(crop, patch_size)[0] for crop in crops]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ranks_split_and_each_epoch_reads_every_sample_once(shard_dir, device, backend):
+    """2 ranks x 3 images per step over 24 images: in each epoch (4 steps) the ranks together read each image once."""
+    cfg = config(backend=backend, batch_size=3, crops_per_image=1)
+    seen = [idents(take(make_loader(shard_dir, "train", cfg, device, rank, 2), 8), 16) for rank in range(2)]
+    for epoch in range(2):
+        both = seen[0][epoch * 12 : (epoch + 1) * 12] + seen[1][epoch * 12 : (epoch + 1) * 12]
+        assert Counter(both) == Counter(range(1, 25)), f"epoch {epoch} is not a partition of the images"
+    assert seen[0][:12] != seen[0][12:], "a rank must not read the same images in the same order every epoch"
+
+
+def test_epoch_order_is_a_fresh_permutation_each_epoch():
+    orders = [epoch_order(0, epoch, 16).tolist() for epoch in range(4)]
     assert all(sorted(order) == list(range(16)) for order in orders)
-    assert len({tuple(order) for order in orders}) == 4, "passes must visit shards in different orders"
-    for pass_index in range(3):
-        readers = [reader_shards(16, 7, pass_index, rank, 2, worker, 3) for rank in range(2) for worker in range(3)]
-        assert sorted(itertools.chain(*readers)) == list(range(16))
+    assert len({tuple(order) for order in orders}) == 4, "epochs must visit samples in different orders"
+    assert epoch_order(1, 0, 16).tolist() != orders[0]
 
 
-def test_refuses_fewer_shards_than_readers(shard_dir, device):
-    with pytest.raises(ValueError, match=r"4 shards cannot feed 3 workers x 2 ranks = 6 readers.*--min-shards 6"):
-        make_loader(shard_dir, "train", config(workers=3), device, rank=1, world_size=2)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_started_at_step_k_yields_the_kth_batch_bit_exact(shard_dir, device, backend):
+    """A loader started at k yields, bit for bit, the batches a loader started at 0 yields from its k-th on
+    (k = 5 starts in the middle of a 2-crop step group; 2 ranks so the rank enters the draw)."""
+    cfg = config(backend=backend, workers=2, crops_per_image=2, seed=5)
+    for rank in range(2):
+        from_zero = take(make_loader(shard_dir, "train", cfg, device, rank, 2), 9)
+        from_k = take(make_loader(shard_dir, "train", cfg, device, rank, 2, start_step=5), 4)
+        assert all(torch.equal(a, b) for a, b in zip(from_zero[5:], from_k, strict=True))
+    assert not torch.equal(from_zero[0], from_zero[2]), "steps of different groups must differ"
+
+
+def images_read(loader) -> int:
+    """Images the loader has read from the shards so far (torch: the skip counter's attempts; DALI: its source)."""
+    return loader.counter.attempted if hasattr(loader, "counter") else loader.source.reads
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_at_step_1000_reads_what_step_1_reads(shard_dir, device, backend):
+    """Seeking is O(1): before the first batch, a loader started at step 1000 has read as many images as one started
+    at step 1 (one step group; DALI also fills its prefetch queue), not 1000 steps' worth."""
+    cfg = config(backend=backend, workers=0, crops_per_image=2, batch_size=4)
+    reads = {}
+    for start in (1, 1000):
+        loader = make_loader(shard_dir, "train", cfg, device, start_step=start)
+        next(loader)
+        reads[start] = images_read(loader)
+        loader.close()
+    assert reads[1] == reads[1000], reads
+    assert 0 < reads[1] <= cfg.batch_size * (cfg.prefetch + 1), reads
 
 
 def test_refuses_images_smaller_than_patch(shard_dir, device):
@@ -199,21 +235,6 @@ def test_dali_contract_and_crops_from_sources(shard_dir, device):
 
 
 @dali
-def test_dali_ranks_split_every_epoch(shard_dir, device):
-    """2 ranks of 12 images per epoch: in each epoch the two ranks together read each of the 24 images once
-    (DALI re-deals the samples to the ranks every epoch, so a rank's own set changes)."""
-    cfg = config(backend="dali", crops_per_image=1)
-    idents = []
-    for rank in range(2):
-        batches = take(make_loader(shard_dir, "train", cfg, device, rank=rank, world_size=2), 6)  # 4 epochs of 12
-        crops = torch.cat(batches).mul(255).round().to(torch.uint8).cpu().numpy()
-        idents.append([source_window(crop, cfg.patch_size)[0] for crop in crops])
-    for epoch in range(4):
-        both = idents[0][epoch * 12 : (epoch + 1) * 12] + idents[1][epoch * 12 : (epoch + 1) * 12]
-        assert Counter(both) == Counter(range(1, 25)), f"epoch {epoch} is not a partition of the images"
-
-
-@dali
 def test_backends_yield_the_same_kind_of_batch(mixed_dir, device):
     """JPEG and PNG samples of several sizes: both backends give the same shape, dtype, device and range."""
     cfg = config(patch_size=20, batch_size=6, crops_per_image=3)
@@ -225,19 +246,20 @@ def test_backends_yield_the_same_kind_of_batch(mixed_dir, device):
         assert clean.min().item() >= 0.0 and clean.max().item() <= 1.0 and clean.std().item() > 0.1
 
 
-@dali
-def test_dali_refuses_unshuffled_shards_with_small_buffer(shard_dir, tmp_path, device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unshuffled_shards_of_an_older_packer_load(shard_dir, tmp_path, device, backend):
+    """The loaders draw their own whole-split order: shards packed without shuffling (as an older packer wrote
+    them, with no DALI buffer to mix them) still give batches of 8 distinct images."""
     folder = tmp_path / "plain"
     shutil.copytree(shard_dir, folder)
     manifest = read_manifest(folder)
-    (folder / MANIFEST).write_text(json.dumps({**manifest, "shuffled": False}))  # as an older packer would write
-    with pytest.raises(ValueError, match=r"not pre-shuffled.*shuffle_buffer=4 < 6 samples.*shuffle_buffer to 6"):
-        make_loader(folder, "train", config(backend="dali", shuffle_buffer=4), device)
-    assert next(make_loader(folder, "train", config(backend="dali", shuffle_buffer=6), device)).shape == (8, 3, 16, 16)
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "shuffled": False}))
+    batch = take(make_loader(folder, "train", config(backend=backend), device), 1)[0]
+    assert batch.shape == (8, 3, 16, 16) and len(set(idents([batch], 16))) == 8
 
 
 def test_dali_wrapper_asserts_fixed_batch_shape():
     cfg = config(batch_size=4, crops_per_image=2)
     wrong = iter([[{"patches": torch.zeros(4, 2, 3, 16, 15, dtype=torch.uint8)}]])
     with pytest.raises(RuntimeError, match=r"shape \(4, 2, 3, 16, 15\), expected \(4, 2, 3, 16, 16\)"):
-        next(dali_to_device(wrong, cfg, torch.device("cpu")))
+        next(dali_to_device(wrong, cfg, torch.device("cpu"), None))

@@ -57,8 +57,8 @@ def save(state: State, cfg: TrainConfig, path: Path) -> None:
 
 
 def restore(state: State, path: Path) -> dict:
-    """Load weights, optimizer and counters from `path`; returns this rank's saved RNG states (set them after the
-    data replay). Refuses a checkpoint of another device type or another number of ranks."""
+    """Load weights, optimizer and counters from `path`; returns this rank's saved RNG states (set them once the
+    loader is built at the saved step). Refuses a checkpoint of another device type or another number of ranks."""
     saved = load(path)
     check_world_size(saved, state.env.world_size, path)
     if saved["device_type"] != state.generator.device.type:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,12 +100,20 @@ def default_config(device_type: str) -> TrainConfig:
     return cfg
 
 
+# Keys that lost their meaning: a checkpoint or YAML file from before still loads (the key is ignored, with a note);
+# any other unknown key fails.
+RETIRED = {"loader.shuffle_buffer": "the loaders draw a whole-split permutation per epoch (pipeline.stream)"}
+
+
 def merge(cfg: Any, updates: dict[str, Any], where: str = "") -> Any:
     """Apply a nested dict of updates to a dataclass tree, checking every key and type; dict fields merge by key."""
     names = {f.name: f for f in dataclasses.fields(cfg)}
     hints = typing.get_type_hints(type(cfg))
     for key, value in updates.items():
         path = f"{where}{key}"
+        if path in RETIRED:
+            print(f"note: config key '{path}' is retired and ignored: {RETIRED[path]}", file=sys.stderr)
+            continue
         if key not in names:
             raise KeyError(f"unknown config key '{path}' (known here: {', '.join(names)})")
         current = getattr(cfg, key)

@@ -201,16 +201,16 @@ def fit(
     rng = restore(state, resume) if resume is not None else None
     distributed.check_same_step(state.step, env)
     valset = build_valsets(shards, cfg) if env.is_main else None
-    loader = make_loader(shards, "train", cfg.loader, device, env.rank, env.world_size)
+    loader = make_loader(shards, "train", cfg.loader, device, env.rank, env.world_size, start_step=state.step)
     logger = RunLogger(cfg, run_dir, start_step=state.step, device=device, env=env)
     if state.step >= min(cfg.run.steps, stop_after or cfg.run.steps):
         logger.message(f"nothing to do: the run is already at step {state.step} of {cfg.run.steps}")
         logger.close()
         return ValSetsResult()
     if rng is not None:
-        logger.message(f"resuming: replaying {state.step} batches so the data stream continues exactly")
-        for _ in range(state.step):
-            next(loader)
+        logger.message(
+            f"resuming: the data stream starts at step {state.step} (the batch of a step depends on its number)"
+        )
         set_rng_state(rng, state.generator)
     dtype = amp_dtype(cfg.run.amp, device)
     logger.message(describe(dtype, device, cfg.run.channels_last))
