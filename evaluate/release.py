@@ -25,7 +25,7 @@ from evaluate.cli import list_images, load_model_arg
 from evaluate.harness import evaluate
 from evaluate.protocols import Cell
 from evaluate.release_report import render, replace_block
-from evaluate.report import _jsonable, write_outputs
+from evaluate.report import jsonable, write_outputs
 from evaluate.results import EvalResult
 from evaluate.strength import strength_figure
 from model import SHIPPED_MODEL, count_params, is_conditioned, macs_per_megapixel
@@ -75,7 +75,7 @@ def run(
     result = evaluate(model, images, sigmas, qualities, protocol, "auto", names=names, baseline=baseline, told=told)
     write_outputs(result, out)
     result = {k: v for k, v in result.items() if k != "samples"} | {"model_sha256": model_sha, "names": names}
-    cached.write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    cached.write_text(json.dumps(jsonable(result), indent=2) + "\n")
     return result
 
 
@@ -100,7 +100,7 @@ def bm3d_run(data_root: Path, name: str, limit: int, out: Path, published: Path 
     images, names = load_set(data_root, name, limit)
     result = run(None, images, names, "real", [s for s in GRID_SIGMAS if s > 0], GRID_QUALITIES, out, "bm3d")
     result["images"] = names
-    cached.write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    cached.write_text(json.dumps(jsonable(result), indent=2) + "\n")
     return result | {"names": names}
 
 
@@ -186,7 +186,7 @@ def summarise(model_path: Path, model, runs: dict, bm3d: dict, crops: list[dict]
         "check": [row for (n, p), r in runs.items() for row in check_rows(n, p, r)],
         "versions": runs[SETS[0], "real"].get("versions", {}),
     }
-    return _jsonable(summary)
+    return jsonable(summary)
 
 
 def main(argv: list[str] | None = None) -> None:

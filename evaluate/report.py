@@ -25,12 +25,12 @@ PANEL_LABELS = ("degraded", "restored", "clean")
 LABEL_HEIGHT = 14
 
 
-def _jsonable(value):
+def jsonable(value):
     """Recursively replace non-finite floats by None (JSON has no inf/nan) and numpy scalars by Python ones."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -106,7 +106,7 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {k: v for k, v in result.items() if k != "samples"}
-    (out / "results.json").write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
+    (out / "results.json").write_text(json.dumps(jsonable(summary), indent=2, allow_nan=False) + "\n")
     (out / "results.md").write_text(results_markdown(result))
     write_per_image_csv(result["per_image"], out / "per_image.csv")
     written = [out / "results.json", out / "results.md", out / "per_image.csv"]

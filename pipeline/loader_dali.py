@@ -128,7 +128,7 @@ class DaliBatches:
 
     def __next__(self) -> torch.Tensor:
         if self._steps is None:
-            self._steps = _to_device(self._outputs(), self.cfg, self.device, self.source)
+            self._steps = device_batches(self._outputs(), self.cfg, self.device, self.source)
             for _ in range(self.skip):  # steps of the first group before the start step: no image is read again
                 next(self._steps)
         return next(self._steps)
@@ -154,7 +154,9 @@ def damaged(refs: list[SampleRef]) -> str:
     return "no sample of the last batches fails in PIL"
 
 
-def _to_device(iterator, cfg: LoaderConfig, device: torch.device, source: GroupSource | None) -> Iterator[torch.Tensor]:
+def device_batches(
+    iterator, cfg: LoaderConfig, device: torch.device, source: GroupSource | None
+) -> Iterator[torch.Tensor]:
     """Split each (N, K, 3, P, P) uint8 DALI output into K float batches on `device`; never stops."""
     expected = (cfg.batch_size, cfg.crops_per_image, 3, cfg.patch_size, cfg.patch_size)
     while True:

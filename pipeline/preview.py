@@ -23,7 +23,7 @@ QUALITIES = (0, 90, 50, 20, 10)  # 0 = no JPEG
 LABEL_PX = 14
 
 
-def _cell(clean8: np.ndarray, sigma: float, quality: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def preview_cell(clean8: np.ndarray, sigma: float, quality: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Device output and Pillow output for the same noise draw."""
     n = 1
     params = {
@@ -57,7 +57,7 @@ def render(images: list[np.ndarray], patch: int) -> Image.Image:
     for row, sigma in enumerate(SIGMAS_255):
         clean8 = center_crop(images[row % len(images)], patch)
         for col, quality in enumerate(QUALITIES):
-            ours, real = _cell(clean8, sigma, quality, seed=row * 100 + col)
+            ours, real = preview_cell(clean8, sigma, quality, seed=row * 100 + col)
             x, y = col * cell_w, row * cell_h
             canvas.paste(Image.fromarray(ours), (x, y + LABEL_PX))
             canvas.paste(Image.fromarray(real), (x + patch + 2, y + LABEL_PX))

@@ -17,6 +17,15 @@ def device() -> torch.device:
     return torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
 
 
+def randomise_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Give every parameter random values, so zero-initialised branches and tails no longer hide anything."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    return model
+
+
 def natural_image(height: int, width: int, seed: int) -> np.ndarray:
     """(H, W, 3) uint8 with smooth gradients, edges and texture: enough structure to exercise a codec."""
     rng = np.random.default_rng(seed)

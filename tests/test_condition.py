@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_model import randomise_
+from conftest import randomise_
 from test_train import shards, tiny_config  # noqa: F401  (fixture)
 
 from model import create_model, model_state, warm_start

@@ -235,12 +235,12 @@ def test_valset_is_deterministic_and_degraded_by_libjpeg(tmp_path):
 
 
 def test_preview_writes_a_grid_where_device_and_libjpeg_agree(tmp_path):
-    from pipeline.preview import QUALITIES, SIGMAS_255, _cell, render
+    from pipeline.preview import QUALITIES, SIGMAS_255, preview_cell, render
     from pipeline.valset import read_split_images
 
     images = read_split_images(_tiny_shards(tmp_path), "train")
     grid = render(images, patch=32)
     assert grid.size == ((2 * 32 + 4) * len(QUALITIES), (32 + 14) * len(SIGMAS_255))
     for sigma, quality in ((25.0, 10), (5.0, 90), (0.0, 50)):
-        ours, real = _cell(images[0][:32, :32], sigma, quality, seed=1)
+        ours, real = preview_cell(images[0][:32, :32], sigma, quality, seed=1)
         np.testing.assert_array_equal(ours, real)

@@ -23,9 +23,8 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from conftest import natural_image
+from conftest import natural_image, randomise_
 from PIL import Image
-from test_model import randomise_
 
 from demo.app import STRENGTH_AUTO, STRENGTH_SET, build_app, model_summary
 from demo.core import read_upload

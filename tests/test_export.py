@@ -13,9 +13,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import natural_image
+from conftest import natural_image, randomise_
 from PIL import Image
-from test_model import randomise_
 
 import export.onnx as onnx_export
 import export.trt_plan as plan

@@ -14,9 +14,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import natural_image, shared_images
+from conftest import natural_image, randomise_, shared_images
 from PIL import Image
-from test_model import randomise_
 
 import model as model_api
 from evaluate.metrics import psnr

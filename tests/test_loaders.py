@@ -22,7 +22,7 @@ from PIL import Image
 from pipeline import make_loader
 from pipeline.config import LoaderConfig
 from pipeline.loader import resolve_backend
-from pipeline.loader_dali import _to_device as dali_to_device
+from pipeline.loader_dali import device_batches
 from pipeline.shard_format import MANIFEST, read_manifest
 from pipeline.stream import epoch_order
 from shards.pack import pack
@@ -262,4 +262,4 @@ def test_dali_wrapper_asserts_fixed_batch_shape():
     cfg = config(batch_size=4, crops_per_image=2)
     wrong = iter([[{"patches": torch.zeros(4, 2, 3, 16, 15, dtype=torch.uint8)}]])
     with pytest.raises(RuntimeError, match=r"shape \(4, 2, 3, 16, 15\), expected \(4, 2, 3, 16, 16\)"):
-        next(dali_to_device(wrong, cfg, torch.device("cpu"), None))
+        next(device_batches(wrong, cfg, torch.device("cpu"), None))

@@ -7,6 +7,7 @@ import collections
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomise_
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -39,15 +40,6 @@ class NotATensor:
 def small_model(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return create_model(name, **SMALL_KWARGS[name])
-
-
-def randomise_(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Give every parameter random values, so zero-initialised branches and tails no longer hide anything."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
-    return model
 
 
 def test_small_kwargs_cover_every_model():
