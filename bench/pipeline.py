@@ -28,9 +28,10 @@ from pipeline.config import DegradeConfig, LoaderConfig
 from pipeline.degrade import PARAM_KEYS, degrade, sample_and_degrade, sample_params
 from pipeline.io import decode_rgb8
 from pipeline.loader import make_loader
-from pipeline.loader_torch import random_crops
+from pipeline.loader_torch import cut
 from pipeline.reference import degrade_reference
 from pipeline.shard_format import IMAGE_EXTS, read_manifest, split_shards
+from pipeline.stream import crop_params
 
 
 def _row(stage: str, img_per_s: float, pixels_per_img: float, note: str = "") -> dict:
@@ -80,13 +81,12 @@ def bench_stages(shards: Path, device: torch.device, patch: int, batch: int, rep
     dali_s = time_dali(payloads, threads=os.cpu_count() or 1)
     if dali_s is not None:
         rows.append(_row("decode (DALI cpu, all cores)", len(payloads) / dali_s, pixels))
-    rng = np.random.default_rng(0)
     crops_per_image = 4
     rows.append(
         _row(
             f"crop+flip+rot90 ({crops_per_image} x {patch}px per image)",
             median_rate(
-                lambda: [random_crops(a, crops_per_image, patch, rng) for a in images],
+                lambda: [cut(a, crop_params(0, i, 0, 0, crops_per_image), patch) for i, a in enumerate(images)],
                 len(images) * crops_per_image,
                 repeats,
                 device,

@@ -34,7 +34,7 @@ SETTINGS = SuiteConfig(
     stage_limit=4,
     degrade_batches=(2, 4),
     degrade_patches=(32, 128),  # 128 px is larger than every image: skipped with the reason
-    curve_workers=(0, 4),  # 4 workers cannot share 2 shards: skipped with the loader's own message
+    curve_workers=(0, 4),  # more workers than the 2 shards: the map-style loader serves any count
     curve_batches=(2, 4),
     curve_patches=(16,),
     train_step_steps=1,
@@ -102,7 +102,7 @@ def test_suite_writes_json_markdown_and_plot(suite):
 def test_every_figure_is_the_median_of_its_repeats(suite):
     result, _ = suite
     entries = timed_entries(result)
-    assert len(entries) == 14  # 2 degradation rows, 1 CPU pool, 10 curve points, 1 loader ceiling
+    assert len(entries) == 15  # 2 degradation rows, 1 CPU pool, 11 curve points (any worker count runs), 1 ceiling
     for entry in entries:
         assert len(entry["times_s"]) == SETTINGS.repeats
         assert entry["median_s"] == pytest.approx(statistics.median(entry["times_s"]), abs=2e-6)
@@ -119,7 +119,7 @@ def test_degradation_and_curves_cover_every_point_or_say_why_not(suite):
     assert degradation["cpu_workers"] == os.cpu_count()
     points = {(p["axis"], p["x"], p["series"]): p for p in scaling["points"]}
     assert "img_per_s" in points[("workers", 0, "loader torch")]
-    assert "shards cannot feed 4 workers" in points[("workers", 4, "loader torch")]["skipped"]
+    assert "img_per_s" in points[("workers", 4, "loader torch")]  # (skips with a reason: the 128 px row above)
     for axis, values in (("batch", (2, 4)), ("patch", (16,))):
         for x in values:
             for series in ("loader torch", "device degradation", "train step (default model)"):
