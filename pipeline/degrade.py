@@ -22,7 +22,7 @@ import torch
 
 from pipeline.config import DegradeConfig
 from pipeline.jpeg import SUBSAMPLING, host_index, jpeg
-from pipeline.sync import host_side
+from pipeline.sync import host_side, to_device_async
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,8 @@ def sample_params(
 
 
 def to_device(params: DegradeParams, device: torch.device) -> DegradeParams:
-    """Host parameters on `device`, copied without a sync (pinned memory, non-blocking, on CUDA)."""
-    if device.type != "cuda":
-        return DegradeParams(**{k: v.to(device) for k, v in params.items()})
-    return DegradeParams(**{k: v.pin_memory().to(device, non_blocking=True) for k, v in params.items()})
+    """Host parameters on `device`, copied without a sync."""
+    return DegradeParams(**{k: to_device_async(v, device) for k, v in params.items()})
 
 
 def sample_and_degrade(

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import jpeg_int
+from pipeline.sync import to_device_async
 
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 _FACTORS = {0: (1, 1), 1: (1, 2), 2: (2, 2)}  # code -> (vertical, horizontal) chroma factor
@@ -110,11 +111,8 @@ def jpeg(
 
 
 def host_index(members: Sequence[int], device: torch.device) -> torch.Tensor:
-    """An index tensor on `device` from host integers, copied without a sync (pinned memory on CUDA)."""
-    index = torch.tensor(members, dtype=torch.int64)
-    if device.type != "cuda":
-        return index.to(device)
-    return index.pin_memory().to(device, non_blocking=True)
+    """An index tensor on `device` from host integers, copied without a sync."""
+    return to_device_async(torch.tensor(members, dtype=torch.int64), device)
 
 
 def _jpeg_group(image: torch.Tensor, tables: torch.Tensor, factors: tuple[int, int], kind: str) -> torch.Tensor:

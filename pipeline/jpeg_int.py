@@ -122,13 +122,19 @@ def _pass(blocks: torch.Tensor, kind: str, dim: int, first_pass: bool) -> torch.
     return torch.stack(out, dim=dim).flatten(-2)
 
 
-def _mix(planes: torch.Tensor, matrix: list[list[int]], offsets: list[int]) -> torch.Tensor:
+@functools.cache
+def _mix_constants(matrix: tuple, offsets: tuple, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """`_mix`'s matrix and (C, 1, 1) bias on the device, built once (a copy per call would be a host sync on CUDA)."""
+    bias = torch.tensor(offsets, dtype=dtype)[:, None, None]
+    return torch.tensor(matrix, dtype=dtype).to(device), bias.to(device)
+
+
+def _mix(planes: torch.Tensor, matrix: tuple, offsets: tuple) -> torch.Tensor:
     """(N, C, H, W) -> (N, len(matrix), H, W): out_i = sum_j matrix[i][j] * planes_j + offsets[i], exactly.
 
     float64: one channel GEMM; int32: the sums written out, as libjpeg does them."""
     if planes.is_floating_point():
-        weights = torch.tensor(matrix, dtype=planes.dtype, device=planes.device)
-        bias = torch.tensor(offsets, dtype=planes.dtype, device=planes.device)[:, None, None]
+        weights, bias = _mix_constants(matrix, offsets, planes.dtype, planes.device)
         return torch.einsum("ij,njhw->nihw", weights, planes) + bias
     channels = planes.unbind(1)
     rows = [sum(w * c for w, c in zip(row, channels, strict=True) if w) for row in matrix]
@@ -136,13 +142,13 @@ def _mix(planes: torch.Tensor, matrix: list[list[int]], offsets: list[int]) -> t
 
 
 # jccolor.c's RGB -> YCbCr and jdcolor.c's (Cb - 128, Cr - 128) -> RGB increments, one row per output
-_TO_YCC = [
-    [_fix(0.29900), _fix(0.58700), _fix(0.11400)],
-    [-_fix(0.16874), -_fix(0.33126), _fix(0.5)],
-    [_fix(0.5), -_fix(0.41869), -_fix(0.08131)],
-]
-_TO_YCC_OFFSETS = [ONE_HALF, (128 << SCALE_BITS) + ONE_HALF - 1, (128 << SCALE_BITS) + ONE_HALF - 1]
-_TO_RGB = [[0, _fix(1.40200)], [-_fix(0.34414), -_fix(0.71414)], [_fix(1.77200), 0]]
+_TO_YCC = (
+    (_fix(0.29900), _fix(0.58700), _fix(0.11400)),
+    (-_fix(0.16874), -_fix(0.33126), _fix(0.5)),
+    (_fix(0.5), -_fix(0.41869), -_fix(0.08131)),
+)
+_TO_YCC_OFFSETS = (ONE_HALF, (128 << SCALE_BITS) + ONE_HALF - 1, (128 << SCALE_BITS) + ONE_HALF - 1)
+_TO_RGB = ((0, _fix(1.40200)), (-_fix(0.34414), -_fix(0.71414)), (_fix(1.77200), 0))
 
 
 def rgb_to_ycc(rgb: torch.Tensor) -> torch.Tensor:
@@ -153,7 +159,7 @@ def rgb_to_ycc(rgb: torch.Tensor) -> torch.Tensor:
 def ycc_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) YCbCr -> RGB 0..255, as jdcolor.c's tables."""
     chroma = ycc[:, 1:] - 128
-    return (ycc[:, :1] + shift_right(_mix(chroma, _TO_RGB, [ONE_HALF] * 3), SCALE_BITS)).clamp(0, 255)
+    return (ycc[:, :1] + shift_right(_mix(chroma, _TO_RGB, (ONE_HALF,) * 3), SCALE_BITS)).clamp(0, 255)
 
 
 def downsample(plane: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:

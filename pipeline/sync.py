@@ -32,6 +32,13 @@ DEVICE_READS = {
 METADATA_ONLY = {aten.detach.default, aten.lift_fresh.default, aten._unsafe_view.default}
 
 
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait: pinned memory and a non-blocking copy on CUDA."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class HostReadError(RuntimeError):
     pass
 

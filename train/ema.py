@@ -25,7 +25,7 @@ class Ema:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """The first update copies `model`; each later one moves every weight `1 - decay` of the way towards it."""
-        ours, theirs = _floats(self.module.parameters()), _floats(model.parameters())
+        ours, theirs = list(self.module.parameters()), list(model.parameters())  # no_grad: usable as they are
         if self.n_averaged == 0:
             torch._foreach_copy_(ours, theirs)
         else:
@@ -34,7 +34,3 @@ class Ema:
         if buffers:
             torch._foreach_copy_(buffers, list(model.buffers()))
         self.n_averaged += 1
-
-
-def _floats(tensors) -> list[torch.Tensor]:
-    return [t.detach() for t in tensors]
