@@ -47,8 +47,8 @@ def measure(
     return {
         "img_per_s": significant(items / median_s),
         "mpix_per_s": significant(items * pixels_per_item / median_s / 1e6),
-        "median_s": round(median_s, 6),
-        "times_s": [round(t, 6) for t in times],
+        "median_s": significant(median_s, 7),
+        "times_s": [significant(t, 7) for t in times],
         "items": items,
     }
 
