@@ -1,5 +1,5 @@
 """The shapes of evaluation results as they cross modules: `evaluate.harness.evaluate` produces an `EvalResult`;
-the report, failure report, plots and `evaluate.release` read it. TypedDicts, so a mistyped key fails in the type
+the report, failure report, plots and `release.evaluate` read it. TypedDicts, so a mistyped key fails in the type
 checker, and the values stay the plain JSON that results files hold.
 
 Per-method metrics are keyed `psnr_<method>` / `ssim_<method>` (methods: `input`, `model`, `told` for a conditioned

@@ -2,7 +2,7 @@
 
 `ALLOWED` is the table docs/architecture.md draws: which folders each folder's modules may import (module-level or
 inside functions, found with `ast`). A new arrow fails here until it is drawn there too; train/ is reached from
-outside only through its public entry point (`train/__init__.py`), from bench/ and tests.
+outside only through its public entry point (`train/__init__.py`), from bench/, release/ and tests.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("shards", "pipeline", "model", "train", "evaluate", "infer", "export", "bench", "demo")
+FOLDERS = ("shards", "pipeline", "model", "train", "evaluate", "infer", "export", "bench", "demo", "release")
 ALLOWED = {
     "pipeline": set(),
     "shards": {"pipeline"},  # packs with pipeline.io's decoding rules, into pipeline.shard_format's layout
@@ -23,6 +23,7 @@ ALLOWED = {
     "export": {"pipeline", "model"},
     "bench": {"pipeline", "model", "train", "evaluate", "infer", "export", "shards"},
     "demo": {"pipeline", "model", "infer", "evaluate"},
+    "release": {"pipeline", "model", "train", "evaluate"},  # the shipped model's configs, results, ledger, GPU run
 }
 TRAIN_PUBLIC = "train"  # outside train/, `from train import ...` only (the package's __init__)
 

@@ -20,9 +20,10 @@ import torch
 from conftest import TINY_MODEL_AND_LOADER, natural_image
 from PIL import Image
 
-from bench import env, gpu_summary, stall
+from bench import env, stall
 from bench.config import SuiteConfig
 from bench.suite import SECTIONS, main, run_suite
+from release import gpu_summary
 from shards.pack import pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,12 +201,16 @@ def test_env_report_holds_this_machines_values(tmp_path, capsys):
 def _gpu_check(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
     environ = os.environ | {"PYTHON": sys.executable} | extra_env
     return subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu_check.sh"), *args], capture_output=True, text=True, env=environ, timeout=120
+        ["bash", str(ROOT / "release" / "gpu_check.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
     )
 
 
 def test_gpu_check_script_parses():
-    assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True).returncode == 0
+    assert subprocess.run(["bash", "-n", str(ROOT / "release" / "gpu_check.sh")], capture_output=True).returncode == 0
 
 
 def test_gpu_check_dry_run_lists_every_part_and_runs_nothing(tmp_path):

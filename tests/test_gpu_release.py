@@ -1,4 +1,4 @@
-"""scripts/gpu_release.sh: refuses to run without CUDA, plans run.steps from a calibration, and its CPU rehearsal
+"""release/gpu_release.sh: refuses to run without CUDA, plans run.steps from a calibration, and its CPU rehearsal
 trains for real (tiny shards packed here, the release config at batch 2 of 64 px) and brings back every file."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import pytest
 from conftest import natural_image
 from PIL import Image
 
-from bench.release_run import MARGIN, plan_steps
 from model import load_model
+from release.gpu_plan import MARGIN, plan_steps
 from shards.pack import pack
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "gpu_release.sh"
+SCRIPT = ROOT / "release" / "gpu_release.sh"
 MAX_BYTES = 16 * 1024 * 1024
 
 
@@ -89,10 +89,10 @@ def test_rehearsal_trains_and_brings_back_every_file(tmp_path):
 
 
 def test_one_gpu_command_parses_and_explains_itself():
-    """scripts/gpu.sh (check, then release, packed into few files) is valid bash and refuses a call without OUTDIR."""
-    gpu = ROOT / "scripts" / "gpu.sh"
+    """release/gpu.sh (check, then release, packed into few files) is valid bash and refuses a call without OUTDIR."""
+    gpu = ROOT / "release" / "gpu.sh"
     assert subprocess.run(["bash", "-n", str(gpu)], capture_output=True).returncode == 0
     done = subprocess.run(["bash", str(gpu)], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "usage: bash scripts/gpu.sh OUTDIR" in done.stderr
+    assert done.returncode == 2 and "usage: bash release/gpu.sh OUTDIR" in done.stderr
     helped = subprocess.run(["bash", str(gpu), "--help"], capture_output=True, text=True, timeout=30)
     assert helped.returncode == 2 and "reports.tar.gz" in helped.stdout

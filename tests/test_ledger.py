@@ -1,4 +1,4 @@
-"""The model card's generated parts: the training ledger (train.ledger) and the val/ comparison (evaluate.valsets)."""
+"""The model card's generated parts: the training ledger (release.ledger) and the val/ comparison (release.valsets)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import pytest
 from conftest import TINY, natural_image
 from PIL import Image
 
-from evaluate import valsets
+from release import ledger, valsets
 from shards.pack import pack
-from train import ledger
 from train.config import load_config
 from train.loop import fit
 

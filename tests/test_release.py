@@ -1,4 +1,4 @@
-"""The published results: README blocks are exactly what `evaluate.release` renders from docs/results/results.json,
+"""The published results: README blocks are exactly what `release.evaluate` renders from docs/results/results.json,
 that file describes the shipped model, and a few of its per-image figures are re-measured here within 0.05 dB."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from conftest import SHARED_DATA
 
 from evaluate.harness import evaluate
-from evaluate.release import CHECK_IMAGES, load_set, sha256
-from evaluate.release_report import BEGIN, END, bars, render, replace_block
 from model import SHIPPED_MODEL, load_model
+from release.evaluate import CHECK_IMAGES, load_set, sha256
+from release.report import BEGIN, END, bars, render, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "results.json"
@@ -25,7 +25,7 @@ def summary() -> dict:
 
 
 def test_results_describe_the_shipped_model(summary):
-    assert summary["model_sha256"] == sha256(SHIPPED_MODEL), "re-run python -m evaluate.release for the new model"
+    assert summary["model_sha256"] == sha256(SHIPPED_MODEL), "re-run python -m release.evaluate for the new model"
     assert (ROOT / summary["model"]).resolve() == SHIPPED_MODEL.resolve()
 
 

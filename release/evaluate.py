@@ -1,4 +1,4 @@
-"""The release results: `python -m evaluate.release [--model PATH]` runs every published protocol on CBSD68 and
+"""The release results: `python -m release.evaluate [--model PATH]` runs every published protocol on CBSD68 and
 Kodak24 and writes what the README shows, so no figure there is typed by hand.
 
 Runs (each also written in full, with plots and failure report, under `--out`):
@@ -10,7 +10,7 @@ Runs (each also written in full, with plots and failure report, under `--out`):
   same images and cells were measured before (`python -m evaluate --model identity --baseline bm3d ...` re-measures).
 Writes `docs/results/results.json` (the figures, the bars, per-image check rows that `tests/test_release.py`
 re-measures), `docs/results/*.png` (Kodak24 crops; BSDS500 images are research-only, so none of them is copied), and
-the block between the results markers in README.md and weights/README.md (`evaluate.release_report`).
+the block between the results markers in README.md and weights/README.md (`release.report`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pathlib import Path
 from evaluate.cli import list_images, load_model_arg
 from evaluate.harness import evaluate
 from evaluate.protocols import Cell
-from evaluate.release_report import render, replace_block
 from evaluate.report import jsonable, write_outputs
 from evaluate.results import EvalResult
 from evaluate.strength import strength_figure
 from model import SHIPPED_MODEL, count_params, is_conditioned, macs_per_megapixel
 from pipeline.io import load_rgb8
+from release.report import render, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("CBSD68", "Kodak24")
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         images, names = load_set(args.data_root, "Kodak24", 1)
         rows = strength_figure(model, images[0], STRENGTH_CELL, STRENGTH_TOLD, args.docs / "strength.png")
         crops.append({"strength": rows, "file": "strength.png", "name": names[0], "cell": STRENGTH_CELL.name})
-    command = f"python -m evaluate.release --model {display_path(args.model)}" + (
+    command = f"python -m release.evaluate --model {display_path(args.model)}" + (
         "" if args.bm3d_limit is None else f" --bm3d-limit {args.bm3d_limit}"
     )
     summary = summarise(args.model, model, runs, bm3d, crops, command)

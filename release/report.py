@@ -1,4 +1,4 @@
-"""Markdown of the release results (`evaluate.release`'s results.json) and the marker-delimited README blocks."""
+"""Markdown of the release results (`release.evaluate`'s results.json) and the marker-delimited README blocks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-BEGIN, END = "<!-- results:begin (python -m evaluate.release) -->", "<!-- results:end -->"
-# The published anchor figures are data (evaluate/published.json: the table, its source, the sigmas), not code.
+BEGIN, END = "<!-- results:begin (python -m release.evaluate) -->", "<!-- results:end -->"
+# The published anchor figures are data (release/published.json: the table, its source, the sigmas), not code.
 _PUBLISHED = json.loads((Path(__file__).with_name("published.json")).read_text())
 PUBLISHED = {name: {m: tuple(v) for m, v in rows.items()} for name, rows in _PUBLISHED["psnr_db"].items()}
 PUBLISHED_PARAMS = _PUBLISHED["params"]

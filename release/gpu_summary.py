@@ -1,4 +1,4 @@
-"""The verdict of `bench/gpu_check.sh`: `python -m bench.gpu_summary OUTDIR` -> OUTDIR/summary.md and summary.json.
+"""The verdict of `release/gpu_check.sh`: `python -m release.gpu_summary OUTDIR` -> OUTDIR/summary.md and summary.json.
 
 Reads what the check's parts left in OUTDIR (parts.tsv: one line per part with its status, exit code, seconds and
 note; env.json; the suite's degradation.json and training.json) and prints the measurements against the GPU targets:
@@ -128,7 +128,7 @@ def markdown(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="the folder bench/gpu_check.sh wrote")
+    parser.add_argument("out", type=Path, help="the folder release/gpu_check.sh wrote")
     args = parser.parse_args(argv)
     summary = summarise(args.out)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

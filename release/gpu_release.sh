@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Train the release model on the lent GPU and bring it back: `bash scripts/gpu_release.sh OUTDIR [--rehearse]`.
+# Train the release model on the lent GPU and bring it back: `bash release/gpu_release.sh OUTDIR [--rehearse]`.
 #
 # Everything runs inside GPU_RELEASE_TOTAL_S (default 570 s from the start), each step under its own `timeout`, so
 # the script always ends and leaves in OUTDIR what it has (docs/gpu_release.md: the device call that runs it):
 #   1. setup      CUDA is checked first (without it: exit 3, nothing run); carried wheels `.whl/*.whl` installed with
 #                 pip --no-index into a scratch folder on PYTHONPATH (no registry there), the repository on
 #                 PYTHONPATH, W&B off; the imports and the shards are checked
-#   2. calibrate  GPU_RELEASE_CAL_STEPS (default 60) steps of train/release_gpu.yaml measure the steady step rate and
-#                 the fixed cost; `python -m bench.release_run plan` turns them into run.steps for
+#   2. calibrate  GPU_RELEASE_CAL_STEPS (default 60) steps of release/gpu.yaml measure the steady step rate and
+#                 the fixed cost; `python -m release.gpu_plan plan` turns them into run.steps for
 #                 GPU_RELEASE_TRAIN_S (default 480 s) of training (the cosine schedule needs the steps up front)
-#   3. train      python train/run.py --shards SHARDS --config train/release_gpu.yaml --set run.steps=N (bf16
+#   3. train      python train/run.py --shards SHARDS --config release/gpu.yaml --set run.steps=N (bf16
 #                 autocast, the trainer's CUDA default), sent SIGTERM 30 s past its budget at the latest: the trainer
 #                 then writes last.pt at the step it reached and exits
 #   4. collect    into OUTDIR, at most 8 files of <= 16 MiB (what the device tool brings back):
@@ -20,7 +20,7 @@
 #                                 --set model.init=last-fp32.pt. The release config's last.pt is ~47 MB (weights, EMA,
 #                                 AdamW moments), so it is this one: a later session continues with a new schedule.
 #                 metrics.jsonl, config.yaml, sample-step_N.png (the last validation grid), train.log (both runs'
-#                 output), gpu_release.log (this script's messages), summary.json (python -m bench.release_run)
+#                 output), gpu_release.log (this script's messages), summary.json (python -m release.gpu_plan)
 # Exit 0 when a model came back (summary.json says whether training finished or was stopped at its limit); 1 when
 # a step failed (the reason is in gpu_release.log and train.log); 2 on bad arguments; 3 without CUDA.
 # --rehearse runs on the CPU (batch 2 of 64 px, 1 thread, 1 loader worker, small validation) and, unless set,
@@ -54,7 +54,7 @@ py="${PYTHON:-}"
 if [ -z "$py" ]; then
   if [ -x .venv/bin/python ]; then py="$repo/.venv/bin/python"; else py="$(command -v python3 || echo python3)"; fi
 fi
-config=train/release_gpu.yaml
+config=release/gpu.yaml
 shards="${GPU_RELEASE_SHARDS:-data/cbsd432}"
 total_s="${GPU_RELEASE_TOTAL_S:-570}"
 post_s=40  # kept free after training for slimming, copying and the summary
@@ -68,7 +68,7 @@ else
   train_s="${GPU_RELEASE_TRAIN_S:-480}" cal_steps="${GPU_RELEASE_CAL_STEPS:-60}"
   device_sets=(--set run.device=cuda)
 fi
-if [ -n "${GPU_RELEASE_SETS:-}" ]; then  # extra A.B=V overrides, space-separated (scripts/gpu.sh: the measured batch)
+if [ -n "${GPU_RELEASE_SETS:-}" ]; then  # extra A.B=V overrides, space-separated (release/gpu.sh: the measured batch)
   for item in $GPU_RELEASE_SETS; do device_sets+=(--set "$item"); done
 fi
 deadline=$((SECONDS + total_s))
@@ -129,7 +129,7 @@ calibrate() {  # sets `budget` (main-run seconds) and `steps` (its run.steps) fr
   [ "$rc" = 0 ] || die 1 "the calibration run failed (rc $rc after ${wall_s} s): $(last_line)"
   left=$((deadline - SECONDS - post_s))
   budget=$((train_s < left ? train_s : left))
-  steps="$(limit 60 "$py" -m bench.release_run plan "$work/calibration" --wall-s "$wall_s" --budget-s "$budget" \
+  steps="$(limit 60 "$py" -m release.gpu_plan plan "$work/calibration" --wall-s "$wall_s" --budget-s "$budget" \
     --out "$work/calibration.json" 2>> "$out/gpu_release.log")" || die 1 "planning from the calibration failed"
   say "calibration: $(tr -d ' \n' < "$work/calibration.json") -> run.steps=$steps"
   rm -rf "$work/calibration"
@@ -163,7 +163,7 @@ collect() {  # the run's results into OUTDIR: at most 8 files, each <= 16 MiB
   done
   grid="$(ls "$run"/samples/step_*.png 2>/dev/null | tail -n 1)"
   [ -n "$grid" ] && cp "$grid" "$out/sample-$(basename "$grid")"
-  limit 60 "$py" -m bench.release_run summary "$run" --calibration "$work/calibration.json" --wall-s "$main_wall" \
+  limit 60 "$py" -m release.gpu_plan summary "$run" --calibration "$work/calibration.json" --wall-s "$main_wall" \
     --rc "$main_rc" --out "$out/summary.json" 2>> "$out/gpu_release.log" | tee -a "$out/gpu_release.log" \
     || say "the summary failed"
   local file

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 8 minutes: `bash bench/gpu_check.sh OUTDIR [--dry-run | --rehearse]`.
+# One prepared GPU check, under 8 minutes: `bash release/gpu_check.sh OUTDIR [--dry-run | --rehearse]`.
 #
 # On a CUDA machine it runs, each part under its own `timeout` and all inside GPU_CHECK_BUDGET_S (default 470 s):
 #   env          python -m bench.env (what the machine offers; env.json)
@@ -13,7 +13,7 @@
 #   training     bench.suite: a short training per loader backend, data-wait share, loader ceiling (training.json)
 #   scaling      bench.suite: pipeline stages and the scaling curves (scaling.json, scaling.png)
 #   infer        python -m bench.infer --quick (if bench/infer.py exists)
-# then `python -m bench.gpu_summary OUTDIR` prints each part's status and the measurements against the targets
+# then `python -m release.gpu_summary OUTDIR` prints each part's status and the measurements against the targets
 # (data-wait share <= 2%, degradation >= 10x the CPU pool) into OUTDIR/summary.md. Logs: OUTDIR/<part>.log.
 # Without CUDA it writes env.json and a summary saying CUDA is absent, and exits 0. --dry-run prints the plan and runs
 # nothing; --rehearse runs every part on the CPU (TORCH_DEVICE=cpu), to try the script before spending GPU time.
@@ -115,7 +115,7 @@ part env 60 "$py" -m bench.env --out "$out/env.json"
 if [ "$dry" = 0 ] && [ "$device" = cuda ] && ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)" 2>/dev/null; then
   echo "[gpu_check] CUDA is absent (torch.cuda.is_available() is False, or torch does not import): nothing to check"
   record cuda skipped - 0 "CUDA is absent"
-  "$py" -m bench.gpu_summary "$out"
+  "$py" -m release.gpu_summary "$out"
   exit 0
 fi
 
@@ -157,7 +157,7 @@ else
     --threads "$threads" --out "$out/degrade_eager.json"
   part degrade_compiled 100 "$py" -m bench.degrade_step --device "$device" --codecs compiled --batch 128 \
     --threads "$threads" --out "$out/degrade_compiled.json"
-  part step 120 "$py" -m bench.step --config train/release_gpu.yaml --batches "${GPU_CHECK_BATCHES:-32,64,128,256}" \
+  part step 120 "$py" -m bench.step --config release/gpu.yaml --batches "${GPU_CHECK_BATCHES:-32,64,128,256}" \
     --steps 10 --device "$device" --out "$out/step.json"
   part degradation 60 "${suite[@]}" --sections degradation --out "$out/degradation.json"
   part training 90 "${suite[@]}" --sections training --out "$out/training.json"
@@ -173,6 +173,6 @@ if [ "$dry" = 1 ]; then
   echo "[dry-run] nothing was run"
   exit 0
 fi
-"$py" -m bench.gpu_summary "$out"
+"$py" -m release.gpu_summary "$out"
 echo "[gpu_check] $((SECONDS - start_s)) s; results in $out"
 awk -F '\t' '$2 == "failed" || $2 == "timeout" { bad = 1 } END { exit bad }' "$out/parts.tsv"

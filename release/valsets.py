@@ -1,10 +1,10 @@
-"""Models side by side on photos from outside the training collection: `python -m evaluate.valsets --models A B`.
+"""Models side by side on photos from outside the training collection: `python -m release.valsets --models A B`.
 
 The validation sets of ../shared/data/val (CSet14, SunHays80) are for choices, never the test sets: this command
 compares checkpoints on them with the anchor protocol (noise only, unclipped float noise, `np.random.seed(0)`,
 sigma 15 / 25 / 50, blind), writes `docs/results/valsets.json` and renders the table between the valsets markers
 of weights/README.md, so the model card's comparison is generated, not typed. Runs are cached per model file
-(sha256), set and image list under `--out`, as `evaluate.release` caches its runs.
+(sha256), set and image list under `--out`, as `release.evaluate` caches its runs.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 
 from evaluate.cli import list_images, load_model_arg
-from evaluate.release import ROOT, display_path, load_set, run, sha256
-from evaluate.release_report import replace_block
+from release.evaluate import ROOT, display_path, load_set, run, sha256
+from release.report import replace_block
 
 VAL_SETS = ("CSet14", "SunHays80")
 SIGMAS = (15.0, 25.0, 50.0)
 DEFAULT_LIMITS = {"CSet14": None, "SunHays80": 12}  # SunHays80 scenes are ~0.8 MP each: a stated subset on a CPU
-BEGIN, END = "<!-- valsets:begin (python -m evaluate.valsets) -->", "<!-- valsets:end -->"
+BEGIN, END = "<!-- valsets:begin (python -m release.valsets) -->", "<!-- valsets:end -->"
 
 
 def compare(models: list[Path], labels: list[str], data_root: Path, limits: dict, out: Path) -> dict:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--labels needs one name per --models file")
     limits = DEFAULT_LIMITS | {"SunHays80": args.sunhays_limit}
     summary = compare(args.models, labels, args.data_root, limits, args.out)
-    command = "python -m evaluate.valsets --models " + " ".join(display_path(m) for m in args.models)
+    command = "python -m release.valsets --models " + " ".join(display_path(m) for m in args.models)
     command += f" --labels {' '.join(labels)}" if args.labels else ""
     summary["command"] = command
     args.docs.mkdir(parents=True, exist_ok=True)

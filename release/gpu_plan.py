@@ -1,7 +1,7 @@
-"""Plan and summarise the GPU release run of `scripts/gpu_release.sh`.
+"""Plan and summarise the GPU release run of `release/gpu_release.sh`.
 
-python -m bench.release_run plan CAL_RUN_DIR --wall-s W --budget-s B --out CAL.json      (prints run.steps)
-python -m bench.release_run summary RUN_DIR --calibration CAL.json --wall-s W --rc RC --out OUTDIR/summary.json
+python -m release.gpu_plan plan CAL_RUN_DIR --wall-s W --budget-s B --out CAL.json      (prints run.steps)
+python -m release.gpu_plan summary RUN_DIR --calibration CAL.json --wall-s W --rc RC --out OUTDIR/summary.json
 
 `plan`: the trainer has no time limit and its cosine schedule needs the step count up front, so a short run of the
 same config first measures the steady step rate (median img/s of its log windows after the first, / batch) and its

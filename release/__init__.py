@@ -1,0 +1,13 @@
+"""The shipped model's home: how it is trained, measured against the published figures, and written up.
+
+- `cpu.yaml`, `cpu_continue.yaml`, `gpu.yaml`: the release training configs (`python train/run.py --config ...`);
+- `evaluate.py`: `python -m release.evaluate`, every published protocol on CBSD68 and Kodak24 -> docs/results and the
+  results blocks of README.md and weights/README.md; `report.py` renders them; `published.json` holds the published
+  anchor tables as data;
+- `valsets.py`: `python -m release.valsets`, checkpoints side by side on the validation sets (the model card's table);
+- `ledger.py`: `python -m release.ledger`, the training ledger of the shipped model, phase by phase;
+- `gpu.sh`: the one command for a lent GPU machine (docs/gpu_release.md): `gpu_check.sh` (CUDA tests and benchmarks,
+  judged by `gpu_summary.py`), then `gpu_release.sh` (calibrate, plan with `gpu_plan.py`, train, bring the model back).
+
+release/ sits on top: it imports evaluate, model, pipeline and train (through `train/__init__.py`); nothing imports it.
+"""
