@@ -2,7 +2,7 @@
 
 Each curve varies one setting around the device's default training config and measures, at every point, the parts
 that must keep up with each other: the loader alone (torch, and DALI where it runs), the device degradation alone,
-and one full training step of the default model (degradation + forward + backward + optimizer, `train.loop`), all
+and one full training step of the default model (degradation + forward + backward + optimizer, `train.step`), all
 in images (patches) per second. Where the loader's line sits far above the training step's, the trainer cannot
 stall on data at that setting. A point that cannot run (more workers than shards, patches larger than the images)
 is recorded as skipped with the reason.
@@ -27,7 +27,7 @@ from train import amp_dtype, build_state, cpu_threads, load_config, train_step
 def train_step_rate(
     batch: int, patch: int, device: torch.device, steps: int, repeats: int, extra: tuple[str, ...] = ()
 ) -> dict:
-    """Images/s of `train.loop.train_step` on the device's default model, random `clean` batches already on device."""
+    """Images/s of `train.step.train_step` on the device's default model, random `clean` batches already on device."""
 
     sets = [f"run.device={device.type}", f"loader.batch_size={batch}", f"loader.patch_size={patch}", *extra]
     cfg = load_config(device.type, None, sets)

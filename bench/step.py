@@ -1,8 +1,8 @@
 """The whole training step (degrade -> forward -> backward -> AdamW -> EMA) per batch size: img/s, ops, GPU-busy.
 
 `python -m bench.step --config release/gpu.yaml --batches 32,64,128,256 --out out/bench/step.json` builds the
-trainer's state (`train.loop.build_state`) for each batch size on `--device` and times `--steps` steps of
-`train.loop.train_step` on resident clean patches (no loader: the step alone), after a warm-up. It reports img/s,
+trainer's state (`train.step.build_state`) for each batch size on `--device` and times `--steps` steps of
+`train.step.train_step` on resident clean patches (no loader: the step alone), after a warm-up. It reports img/s,
 the aten ops one step launches (`pipeline.sync.OpCounter`), and on CUDA the kernel-busy share: the profiler's sum of
 CUDA kernel time over the wall time of the same steps (what launch overhead and host syncs leave idle). The chosen
 batch is the smallest within 5% of the best img/s (larger batches cost memory and optimisation steps for little

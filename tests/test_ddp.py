@@ -34,8 +34,9 @@ from shards.pack import pack
 from train import distributed
 from train.checkpoint import check_world_size, load
 from train.config import OptimConfig, TrainConfig, load_config
-from train.loop import backward, build_state, fit, lr_at
+from train.loop import fit
 from train.run import main as run_main
+from train.step import backward, build_state, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 16

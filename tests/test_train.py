@@ -20,7 +20,8 @@ from model import load_model
 from shards.pack import pack
 from train.checkpoint import load
 from train.config import OptimConfig, TrainConfig, default_config, load_config, parse_set
-from train.loop import fit, lr_at
+from train.loop import fit
+from train.step import lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_DALI = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
@@ -71,7 +72,8 @@ def test_dict_fields_merge_by_key_and_floats_parse():
 
 
 def test_a_checkpoint_never_holds_nan_weights(shards, tmp_path):
-    from train.loop import build_state, save
+    from train.checkpoint import save
+    from train.step import build_state
 
     cfg = tiny_config()
     state = build_state(cfg, torch.device("cpu"))

@@ -10,7 +10,7 @@ from pipeline.config import DegradeConfig
 from pipeline.degrade import sample_and_degrade
 from pipeline.sync import HostReadError, NoDeviceReads, OpCounter
 from train.config import load_config
-from train.loop import build_state, train_step
+from train.step import build_state, train_step
 
 FLOAT64_OPS_MAX = 800  # one eager sample_and_degrade call at most (five JPEG groups); README: ops per step
 

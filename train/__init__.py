@@ -10,8 +10,9 @@ Python; nothing else outside train/ imports from it (tests/test_architecture.py)
 
 from train.config import TrainConfig, default_config, load_config, to_dict
 from train.config import from_dict as config_from_dict
-from train.loop import build_state, build_valsets, cpu_threads, fit, train_step
+from train.loop import build_valsets, fit
 from train.precision import amp_dtype, cpu_native_bf16
+from train.step import build_state, cpu_threads, train_step
 from train.validate import validate_sets
 
 __all__ = [

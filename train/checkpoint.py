@@ -3,7 +3,7 @@
 One dict per file: `model`, `model_name`, `model_kwargs`, `ema`, `ema_n_averaged`, `optimizer`, `scaler`, `step`,
 `config`, `rng` (torch CPU/CUDA states, the degradation generator, numpy and Python `random`), `best_psnr`,
 `world_size` and `rng_per_rank` (every rank's `rng`, gathered to rank 0, which alone writes the file). The
-learning rate is a pure function of the step (`train.loop.lr_at`), so there is no scheduler state to keep.
+learning rate is a pure function of the step (`train.step.lr_at`), so there is no scheduler state to keep.
 Model weights are saved unwrapped (no `module.` or `_orig_mod.` prefixes), so `model.load_model` reads them.
 """
 
@@ -22,7 +22,7 @@ from train.config import TrainConfig, to_dict
 from train.distributed import gather_to_main
 
 if TYPE_CHECKING:
-    from train.loop import State
+    from train.step import State
 
 
 def save(state: State, cfg: TrainConfig, path: Path) -> None:
