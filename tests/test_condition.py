@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomise_
-from test_train import shards, tiny_config  # noqa: F401  (fixture)
+from conftest import TINY_NAFNET, randomise_, tiny_config
 
 from model import create_model, model_state, warm_start
 from model.condition import condition_from_params, encode_condition
 from pipeline.config import DegradeConfig
 from pipeline.degrade import degrade, sample_params
 from train.loop import fit
-
-SMALL = {"width": 8, "enc_blocks": (1, 1), "middle_blocks": 1, "dec_blocks": (1, 1)}
 
 
 def test_encoding_of_known_withheld_and_no_jpeg():
@@ -38,9 +35,9 @@ def test_training_conditions_are_withheld_at_the_asked_rate():
 
 
 def test_fresh_film_keeps_a_blind_models_function_and_the_condition_then_matters(tmp_path):
-    blind = randomise_(create_model("nafnet", **SMALL))
-    torch.save({"model": model_state(blind), "model_name": "nafnet", "model_kwargs": SMALL}, tmp_path / "b.pt")
-    conditioned = create_model("nafnet", conditioned=True, **SMALL)
+    blind = randomise_(create_model("nafnet", **TINY_NAFNET))
+    torch.save({"model": model_state(blind), "model_name": "nafnet", "model_kwargs": TINY_NAFNET}, tmp_path / "b.pt")
+    conditioned = create_model("nafnet", conditioned=True, **TINY_NAFNET)
     added = warm_start(conditioned, tmp_path / "b.pt")
     assert added and all(k.startswith("film.") for k in added)
     x = torch.rand(2, 3, 21, 30)
@@ -57,13 +54,13 @@ def test_fresh_film_keeps_a_blind_models_function_and_the_condition_then_matters
 def test_warm_start_refuses_other_architectures(tmp_path):
     torch.save(model_state(create_model("resnet", width=8, num_blocks=2)), tmp_path / "r.pt")
     with pytest.raises(ValueError, match="do not"):
-        warm_start(create_model("nafnet", conditioned=True, **SMALL), tmp_path / "r.pt")
+        warm_start(create_model("nafnet", conditioned=True, **TINY_NAFNET), tmp_path / "r.pt")
 
 
 def test_warm_start_adds_whole_new_blocks_as_the_identity_and_refuses_half_blocks(tmp_path):
-    shallow = randomise_(create_model("nafnet", **SMALL))
-    torch.save({"model": model_state(shallow), "model_name": "nafnet", "model_kwargs": SMALL}, tmp_path / "s.pt")
-    deeper = create_model("nafnet", **(SMALL | {"enc_blocks": (2, 1), "dec_blocks": (2, 1)}))
+    shallow = randomise_(create_model("nafnet", **TINY_NAFNET))
+    torch.save({"model": model_state(shallow), "model_name": "nafnet", "model_kwargs": TINY_NAFNET}, tmp_path / "s.pt")
+    deeper = create_model("nafnet", **(TINY_NAFNET | {"enc_blocks": (2, 1), "dec_blocks": (2, 1)}))
     added = warm_start(deeper, tmp_path / "s.pt")
     assert {k.split(".")[0] + "." + k.split(".")[1] + "." + k.split(".")[2] for k in added} == {
         "encoders.0.1",
@@ -76,7 +73,7 @@ def test_warm_start_adds_whole_new_blocks_as_the_identity_and_refuses_half_block
     state.pop("encoders.0.0.beta")  # an old block missing part of its weights is not a new block
     torch.save(state, tmp_path / "half.pt")
     with pytest.raises(ValueError, match="do not match"):
-        warm_start(create_model("nafnet", **SMALL), tmp_path / "half.pt")
+        warm_start(create_model("nafnet", **TINY_NAFNET), tmp_path / "half.pt")
 
 
 def test_unclipped_share_is_float_awgn_and_only_without_jpeg():

@@ -3,69 +3,24 @@ the real Gradio server and `gradio_client`. A tiny NAFNet checkpoint written her
 
 from __future__ import annotations
 
-import atexit
-import io
 import os
 import re
-import shutil
 import struct
-import tempfile
 import zlib
-from pathlib import Path
-
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when Gradio is imported (demo/__init__.py does the same)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # or gradio_client's Hub helper looks up huggingface.co
-if "GRADIO_TEMP_DIR" not in os.environ:  # Gradio reads it at import: keep its cache out of the shared /tmp/gradio
-    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ml-restoration-test-gradio-")
-    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
 import gradio as gr
 import numpy as np
 import pytest
-import torch
-from conftest import natural_image, randomise_
+from conftest import assert_close8, bad_files, expected_restore, natural_image, save, write_tiny_checkpoint
 from PIL import Image
 
 from demo.app import STRENGTH_AUTO, STRENGTH_SET, build_app, model_summary
 from demo.core import read_upload
 from evaluate.metrics import psnr, ssim
 from infer.backends import open_backend
-from model import create_model, load_model
 from model.condition import encode_condition
 from pipeline.io import load_rgb8, to_rgb8_array, to_tensor
 from pipeline.reference import degrade_reference
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_KWARGS = {"width": 8, "enc_blocks": (1, 1), "dec_blocks": (1, 1), "middle_blocks": 1}
-
-
-def write_tiny_checkpoint(path, conditioned: bool = False, seed: int = 1):
-    """A tiny NAFNet with random weights (its fresh output conv is zero, i.e. the identity), shrunk so the
-    restoration is a visible but moderate change."""
-    kwargs = TINY_KWARGS | {"conditioned": conditioned}
-    model = randomise_(create_model("nafnet", **kwargs), seed=seed)
-    with torch.no_grad():
-        model.ending.weight.mul_(0.1)
-        model.ending.bias.mul_(0.1)
-    torch.save({"model": model.state_dict(), "model_name": "nafnet", "model_kwargs": kwargs}, path)
-    return path
-
-
-def expected_restore(checkpoint, rgb8: np.ndarray, condition: torch.Tensor | None = None) -> np.ndarray:
-    """The model run directly, without the demo: what every restored PNG must hold."""
-    model = load_model(checkpoint)
-    with torch.no_grad():
-        return to_rgb8_array(model(to_tensor(rgb8).unsqueeze(0), condition)[0])
-
-
-def assert_close8(actual: np.ndarray, expected: np.ndarray) -> None:
-    assert actual.shape == expected.shape
-    assert np.abs(actual.astype(int) - expected.astype(int)).max() <= 1  # float paths may round one level apart
-
-
-def save(image: np.ndarray | Image.Image, path, **kwargs) -> str:
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(path, **kwargs)
-    return str(path)
 
 
 def png48(rgb16: np.ndarray) -> bytes:
@@ -193,20 +148,6 @@ def test_odd_modes_are_normalised_and_explained(handlers, checkpoint, tmp_path, 
 def test_plain_rgb_has_no_conversion_note(tmp_path):
     assert read_upload(save(natural_image(16, 16, seed=9), tmp_path / "p.png")).notes == ()
     assert read_upload(save(natural_image(16, 16, seed=9), tmp_path / "p.jpg", quality=90)).notes == ()
-
-
-def bad_files(tmp_path) -> dict[str, tuple[str, str]]:
-    """name -> (file path, words the error must contain)."""
-    (tmp_path / "text.png").write_text("this is not an image\n")
-    (tmp_path / "empty.jpg").write_bytes(b"")
-    data = io.BytesIO()
-    Image.fromarray(natural_image(32, 32, seed=10)).save(data, "PNG")
-    (tmp_path / "cut.png").write_bytes(data.getvalue()[:200])
-    return {
-        "text": (str(tmp_path / "text.png"), "text.png is not an image"),
-        "empty": (str(tmp_path / "empty.jpg"), "empty.jpg is empty (zero bytes)"),
-        "truncated": (str(tmp_path / "cut.png"), "cut.png is a damaged image file"),
-    }
 
 
 @pytest.mark.parametrize("kind", ["text", "empty", "truncated"])

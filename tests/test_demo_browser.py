@@ -4,18 +4,9 @@ page asked nothing of any other host, and saves screenshots (tmp_path, and out/ 
 
 from __future__ import annotations
 
-import atexit
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when Gradio is imported (demo/__init__.py does the same)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # or gradio_client's Hub helper looks up huggingface.co
-if "GRADIO_TEMP_DIR" not in os.environ:  # Gradio reads it at import: keep its cache out of the shared /tmp/gradio
-    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ml-restoration-test-gradio-")
-    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
 import numpy as np
 import pytest
@@ -41,9 +32,7 @@ if not CHROMIUM.is_file():
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 expect = sync_api.expect
 
-from conftest import natural_image  # noqa: E402
-from test_demo import assert_close8, expected_restore, save, write_tiny_checkpoint  # noqa: E402
-from test_demo_server import free_port  # noqa: E402
+from conftest import assert_close8, expected_restore, free_port, natural_image, save, write_tiny_checkpoint  # noqa: E402
 
 from demo.app import build_app, serve  # noqa: E402
 from infer.backends import open_backend  # noqa: E402

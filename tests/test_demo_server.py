@@ -1,43 +1,36 @@
 """The demo served for real: `python -m demo` on localhost only, no outside connection, two users at once through
-`gradio_client`, errors reaching the client. Helpers and the tiny checkpoint come from test_demo."""
+`gradio_client`, errors reaching the client. Helpers and the tiny checkpoint come from conftest."""
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when Gradio is imported (demo/__init__.py does the same)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # or gradio_client's Hub helper looks up huggingface.co
-if "GRADIO_TEMP_DIR" not in os.environ:  # Gradio reads it at import: keep its cache out of the shared /tmp/gradio
-    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ml-restoration-test-gradio-")
-    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
-
 import numpy as np
 import pytest
-from conftest import natural_image
+from conftest import (
+    ROOT,
+    assert_close8,
+    bad_files,
+    expected_restore,
+    free_port,
+    natural_image,
+    save,
+    write_tiny_checkpoint,
+)
 from gradio_client import Client, handle_file
-from test_demo import REPO, assert_close8, bad_files, expected_restore, save, write_tiny_checkpoint
 
 from demo.__main__ import main as demo_main
 from demo.app import STRENGTH_AUTO, build_app, serve
 from infer.backends import open_backend
 from pipeline.io import load_rgb8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +47,7 @@ def cli_server(checkpoint, tmp_path_factory):
     env = os.environ | {"TMPDIR": str(folder), "GRADIO_TEMP_DIR": str(folder / "gradio")}
     log = folder / "server.log"
     with open(log, "w") as log_file:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180  # importing torch and Gradio takes several seconds on a busy 2-core box

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import natural_image, randomise_
+from conftest import TINY_NAFNET, natural_image, randomise_
 from PIL import Image
 
 import export.onnx as onnx_export
@@ -33,7 +33,6 @@ from model import SHIPPED_MODEL, create_model
 from model.condition import encode_condition
 from shards.pack import pack
 
-TINY = {"width": 8, "enc_blocks": (1, 1), "middle_blocks": 1, "dec_blocks": (1, 1)}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,8 +46,8 @@ def one_thread():
 
 
 def tiny_source(conditioned: bool = False, seed: int = 1) -> Source:
-    model = randomise_(create_model("nafnet", conditioned=conditioned, **TINY), seed=seed).eval()
-    return Source(model, Path("tiny.pt"), "nafnet", {**TINY, "conditioned": conditioned}, 7)
+    model = randomise_(create_model("nafnet", conditioned=conditioned, **TINY_NAFNET), seed=seed).eval()
+    return Source(model, Path("tiny.pt"), "nafnet", {**TINY_NAFNET, "conditioned": conditioned}, 7)
 
 
 def overflow_source() -> Source:
@@ -217,7 +216,7 @@ def test_calibration_batches_from_real_shards(shards):
 
 def tiny_checkpoint(folder: Path) -> Path:
     checkpoint = folder / "tiny.pt"
-    state = {"model": tiny_source().model.state_dict(), "model_name": "nafnet", "model_kwargs": TINY, "step": 3}
+    state = {"model": tiny_source().model.state_dict(), "model_name": "nafnet", "model_kwargs": TINY_NAFNET, "step": 3}
     torch.save(state, checkpoint)
     return checkpoint
 

@@ -14,13 +14,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import natural_image, randomise_, shared_images
-from PIL import Image
+from conftest import (
+    natural_image,
+    randomise_,
+    save_checkpoint,
+    shared_images,
+    tiny_nafnet,
+)
 
 import model as model_api
 from evaluate.metrics import psnr
 from infer.backends import open_backend
-from infer.cli import main as infer_main
 from infer.grid import cores, fit_axis
 from infer.memory import bytes_per_pixel
 from infer.tiling import DEFAULT_OVERLAP, MIN_TILE, restore
@@ -31,51 +35,7 @@ from pipeline.device import resolve_device
 from pipeline.io import load_rgb8, to_tensor
 from pipeline.reference import degrade_reference
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {"width": 8, "enc_blocks": (1, 1), "middle_blocks": 1, "dec_blocks": (1, 1)}
-FAKE_RGB_ICC = bytes(16) + b"RGB " + bytes(16) + b"acsp" + bytes(88)  # an ICC header: Pillow stores it as is
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run thousands of small ops: one thread avoids the cost of waking a pool for each (and of
-    fighting over the cores with other jobs on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_nafnet(conditioned: bool = False, seed: int = 1) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("nafnet", **TINY, conditioned=conditioned)
-    with torch.no_grad():
-        randomise_(model, seed)
-        for block in model.modules():  # keep the residual branches small: a plausible, non-saturated output
-            if hasattr(block, "beta"):
-                block.beta.mul_(0.1), block.gamma.mul_(0.1)
-        model.ending.weight.mul_(0.1)
-    return model.eval()
-
-
-def save_checkpoint(model: torch.nn.Module, path: Path, **kwargs) -> Path:
-    torch.save({"model": model.state_dict(), "model_name": "nafnet", "model_kwargs": {**TINY, **kwargs}}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def blind_ckpt(tmp_path_factory) -> Path:
-    return save_checkpoint(tiny_nafnet(), tmp_path_factory.mktemp("models") / "blind.pt")
-
-
-def write_image(path: Path, rgb8: np.ndarray, **save_kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb8).save(path, **save_kwargs)
-    return path
-
-
-def run_cli(*args: str) -> int:
-    return infer_main([str(a) for a in args])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- backends ------------------------------------------------------------------------------------------------

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import natural_image
+from conftest import FAKE_RGB_ICC, ROOT, natural_image, run_cli, save_checkpoint, tiny_nafnet, write_image
 from PIL import Image
-from test_infer import FAKE_RGB_ICC, ROOT, TINY, one_torch_thread, run_cli, save_checkpoint, tiny_nafnet, write_image  # noqa: F401
 
 from infer.backends import open_backend
 from infer.degrade import main as degrade_main
@@ -26,10 +25,7 @@ from model.condition import encode_condition
 from pipeline.io import load_rgb8, to_tensor
 from pipeline.reference import degrade_reference
 
-
-@pytest.fixture(scope="module")
-def blind_ckpt(tmp_path_factory) -> Path:
-    return save_checkpoint(tiny_nafnet(), tmp_path_factory.mktemp("models") / "blind.pt")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model_output(path: Path | None, source: Path, condition: torch.Tensor | None = None) -> np.ndarray:

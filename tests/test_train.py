@@ -13,33 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, natural_image
-from PIL import Image
+from conftest import TINY, tiny_config
 
 from model import load_model
-from shards.pack import pack
 from train.checkpoint import load
-from train.config import OptimConfig, TrainConfig, default_config, load_config, parse_set
+from train.config import OptimConfig, default_config, load_config, parse_set
 from train.loop import fit
 from train.step import lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_DALI = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    src = root / "src"
-    src.mkdir()
-    for i in range(10):
-        Image.fromarray(natural_image(64, 72, seed=200 + i)).save(src / f"{i}.png")
-    pack(src, root / "shards", val_fraction=0.2, seed=0, min_shards=2)
-    return root / "shards"
-
-
-def tiny_config(*extra: str) -> TrainConfig:
-    return load_config("cpu", None, TINY + list(extra))
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
