@@ -1,4 +1,5 @@
-"""The layout is the architecture: the import arrows between top-level folders, and every doc path code cites.
+"""The layout is the architecture: the import arrows between top-level folders, every doc path code cites, and
+test modules that share only through conftest.py.
 
 `ALLOWED` is the table docs/architecture.md draws: which folders each folder's modules may import (module-level or
 inside functions, found with `ast`). A new arrow fails here until it is drawn there too; train/ is reached from
@@ -88,3 +89,14 @@ def test_every_doc_path_cited_in_code_exists():
             if not (ROOT / cited).exists():
                 missing.append(f"{path.relative_to(ROOT)}: {cited}")
     assert not missing, missing
+
+
+def test_no_test_module_imports_another():
+    """Tests share fixtures and helpers through conftest.py, never by importing another test module."""
+    crossed = [
+        f"{path.name} -> {name}"
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for name in imports(path)
+        if name.split(".")[0].startswith("test_") or name.startswith("tests.")
+    ]
+    assert not crossed, crossed
