@@ -17,6 +17,7 @@ import torch
 
 from evaluate.analysis import TILE_CLASSES, crop_box, tile_origin, triplet
 from evaluate.protocols import Cell
+from evaluate.results import CellSummary, EvalResult
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Collector:
             ranked.append(({"rank": rank, **record, "file": f"failure/{prefix}_{rank:02d}.png"}, crop))
         return ranked
 
-    def finish(self, cells: list[dict]) -> dict:
+    def finish(self, cells: list[CellSummary]) -> EvalResult:
         """Report fields: per_image, tile_classes, worst_images, worst_tiles (by class), least_gain_cells, samples."""
         worst_images = self._ranked(self._worst_images, "worst_image")
         worst_tiles = [e for label, heap in self._worst_tiles.items() for e in self._ranked(heap, f"worst_{label}")]

@@ -70,8 +70,8 @@ def _summarise(cell: Cell, rows: list[dict], methods: Sequence[str], seconds: fl
     summary = CellSummary(sigma=cell.sigma_255, quality=cell.quality, images=len(rows))
     for metric in ("psnr", "ssim"):
         for method in methods:
-            summary[f"{metric}_{method}"] = float(np.mean([r[f"{metric}_{method}"] for r in rows]))
-        summary[f"{metric}_gain"] = summary[f"{metric}_model"] - summary[f"{metric}_input"]
+            summary[f"{metric}_{method}"] = float(np.mean([r[f"{metric}_{method}"] for r in rows]))  # type: ignore[literal-required]
+        summary[f"{metric}_gain"] = summary[f"{metric}_model"] - summary[f"{metric}_input"]  # type: ignore[literal-required]
     summary["seconds"] = seconds
     summary["img_per_s"] = len(rows) / seconds if seconds > 0 else math.inf
     return summary
@@ -82,7 +82,7 @@ def _restorers(model: nn.Module | None, baseline: str | None, device: torch.devi
     the true sigma and quality; conditioned models only) and the baseline."""
     restorers = {"model": identity_restorer if model is None else model_restorer(model.to(device))}
     if told:
-        if not is_conditioned(model):
+        if model is None or not is_conditioned(model):
             raise ValueError("told=True needs a conditioned model (one built with conditioned=True)")
         restorers["told"] = model_restorer(model, told=True)
     if baseline:
@@ -159,6 +159,7 @@ def evaluate(
         bar.close()
         cell_summaries.append(_summarise(cell, rows, methods, time.perf_counter() - cell_start))
     result = EvalResult(**_header(model, protocol, device, y_channel, crop_border, baseline, methods))
-    result.update(cells=cell_summaries, messages=messages, seconds=time.perf_counter() - start)
+    result["cells"], result["messages"] = cell_summaries, messages
+    result["seconds"] = time.perf_counter() - start
     result.update(collector.finish(cell_summaries))
     return result

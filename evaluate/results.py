@@ -3,7 +3,7 @@ the report, failure report, plots and `release.evaluate` read it. TypedDicts, so
 checker, and the values stay the plain JSON that results files hold.
 
 Per-method metrics are keyed `psnr_<method>` / `ssim_<method>` (methods: `input`, `model`, `told` for a conditioned
-model told the truth, a baseline's name); the fixed ones are declared here.
+model told the truth, a baseline's name); the ones this project produces are declared here.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ class CellSummary(TypedDict, total=False):
     ssim_input: float
     ssim_model: float
     ssim_gain: float
+    psnr_told: float  # a conditioned model told the cell's true sigma and quality (`told=True`)
+    ssim_told: float
+    psnr_bm3d: float  # the BM3D baseline (`baseline="bm3d"`)
+    ssim_bm3d: float
     seconds: float
     img_per_s: float
 

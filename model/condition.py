@@ -7,6 +7,8 @@ quality with strength 0 (quality 100 and above count as no JPEG). Larger sigma /
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -33,7 +35,7 @@ def encode_condition(
 
 
 def condition_from_params(
-    params: dict[str, torch.Tensor], generator: torch.Generator, p_withheld: float
+    params: Mapping[str, torch.Tensor], generator: torch.Generator | None, p_withheld: float
 ) -> torch.Tensor:
     """Training conditions from the drawn degradation parameters, each value withheld with probability
     `p_withheld` independently (so one model learns blind and conditioned restoration). A double JPEG is

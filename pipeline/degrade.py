@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import TypedDict, cast
 
 import torch
 
@@ -125,7 +125,7 @@ def sample_params(
 
 def to_device(params: DegradeParams, device: torch.device) -> DegradeParams:
     """Host parameters on `device`, copied without a sync."""
-    return DegradeParams(**{k: to_device_async(v, device) for k, v in params.items()})
+    return cast(DegradeParams, {k: to_device_async(cast(torch.Tensor, v), device) for k, v in params.items()})
 
 
 def sample_and_degrade(

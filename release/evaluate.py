@@ -20,6 +20,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import cast
 
 from evaluate.cli import list_images, load_model_arg
 from evaluate.harness import evaluate
@@ -30,6 +31,7 @@ from evaluate.strength import strength_figure
 from model import SHIPPED_MODEL, count_params, is_conditioned, macs_per_megapixel
 from pipeline.io import load_rgb8
 from release.report import render, replace_block
+from release.results import Bm3dCell, Bm3dSummary, CachedRun, CheckRow, ReleaseSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("CBSD68", "Kodak24")
@@ -58,7 +60,7 @@ def load_set(data_root: Path, name: str, limit: int | None = None) -> tuple[list
 
 def run(
     model, images, names, protocol, sigmas, qualities, out: Path, baseline=None, model_sha: str = "", told=False
-) -> dict:
+) -> CachedRun:
     """One `evaluate` run, written in full under `out`; returns the result without its crops. A run of the same
     model file (sha256), images, cells and methods already in `out` is reused: every figure is deterministic."""
     cached = out / "results.json"
@@ -74,12 +76,13 @@ def run(
             return result
     result = evaluate(model, images, sigmas, qualities, protocol, "auto", names=names, baseline=baseline, told=told)
     write_outputs(result, out)
-    result = {k: v for k, v in result.items() if k != "samples"} | {"model_sha256": model_sha, "names": names}
-    cached.write_text(json.dumps(jsonable(result), indent=2) + "\n")
-    return result
+    kept = cast(CachedRun, {k: v for k, v in result.items() if k != "samples"})
+    kept["model_sha256"], kept["names"] = model_sha, names
+    cached.write_text(json.dumps(jsonable(kept), indent=2) + "\n")
+    return kept
 
 
-def bm3d_run(data_root: Path, name: str, limit: int, out: Path, published: Path | None = None) -> dict:
+def bm3d_run(data_root: Path, name: str, limit: int, out: Path, published: Path | None = None) -> CachedRun:
     """CBM3D on the first `limit` images, noise-bearing cells; reused from `out` when it already holds that run
     (as `python -m evaluate --model identity --baseline bm3d --limit N ...` writes it), else carried over from the
     committed `published` results.json when that measured the same images and cells (CBM3D does not depend on the
@@ -94,9 +97,10 @@ def bm3d_run(data_root: Path, name: str, limit: int, out: Path, published: Path 
         ] == cells:
             return result | {"names": names}
     previous = json.loads(published.read_text()).get("bm3d", {}).get(name) if published and published.exists() else None
-    if previous and previous["images"] == names and [(c["sigma"], c["quality"]) for c in previous["cells"]] == cells:
+    same = previous and previous["images"] == names and [(c["sigma"], c["quality"]) for c in previous["cells"]] == cells
+    if published and previous and same:
         print(f"CBM3D on {name}: carried over from {display_path(published)} (same images and cells)")
-        return {"cells": previous["cells"], "names": names}
+        return CachedRun(cells=previous["cells"], names=names)
     images, names = load_set(data_root, name, limit)
     result = run(None, images, names, "real", [s for s in GRID_SIGMAS if s > 0], GRID_QUALITIES, out, "bm3d")
     result["images"] = names
@@ -104,7 +108,7 @@ def bm3d_run(data_root: Path, name: str, limit: int, out: Path, published: Path 
     return result | {"names": names}
 
 
-def bm3d_summary(bm3d: dict, real: dict) -> dict:
+def bm3d_summary(bm3d: CachedRun, real: CachedRun) -> Bm3dSummary:
     """BM3D and the model on the same images and cells (the model's figures from its full real run)."""
     names = set(bm3d["names"])
     cells = []
@@ -116,34 +120,29 @@ def bm3d_summary(bm3d: dict, real: dict) -> dict:
         ]
         model = sum(r["psnr_model"] for r in rows) / len(rows)
         cells.append(
-            {
-                "sigma": cell["sigma"],
-                "quality": cell["quality"],
-                "psnr_input": cell["psnr_input"],
-                "psnr_bm3d": cell["psnr_bm3d"],
-                "psnr_model": model,
-            }
+            Bm3dCell(
+                sigma=cell["sigma"],
+                quality=cell["quality"],
+                psnr_input=cell["psnr_input"],
+                psnr_bm3d=cell["psnr_bm3d"],
+                psnr_model=model,
+            )
         )
-    return {"images": bm3d["names"], "cells": cells}
+    return Bm3dSummary(images=bm3d["names"], cells=cells)
 
 
-def check_rows(name: str, protocol: str, result: EvalResult) -> list[dict]:
+def check_rows(name: str, protocol: str, result: EvalResult) -> list[CheckRow]:
     """Per-image figures the test re-measures: the blind model's, and the told model's where it ran."""
-    wanted = set(CHECK_CELLS[protocol])
-    return [
-        {
-            "set": name,
-            "protocol": protocol,
-            "sigma": r["sigma"],
-            "quality": r["quality"],
-            "index": r["index"],
-            "name": r["name"],
-            "psnr_model": r["psnr_model"],
-        }
-        | ({"psnr_told": r["psnr_told"]} if "psnr_told" in r else {})
-        for r in result["per_image"]
-        if r["index"] < CHECK_IMAGES and (r["sigma"], r["quality"]) in wanted
-    ]
+    wanted, rows = set(CHECK_CELLS[protocol]), []
+    for r in result["per_image"]:
+        if r["index"] >= CHECK_IMAGES or (r["sigma"], r["quality"]) not in wanted:
+            continue
+        row = CheckRow(set=name, protocol=protocol, sigma=r["sigma"], quality=r["quality"], index=r["index"])
+        row["name"], row["psnr_model"] = r["name"], r["psnr_model"]
+        if "psnr_told" in r:
+            row["psnr_told"] = r["psnr_told"]
+        rows.append(row)
+    return rows
 
 
 def copy_crops(real_out: Path, docs: Path) -> list[dict]:
@@ -163,8 +162,15 @@ def copy_crops(real_out: Path, docs: Path) -> list[dict]:
     return picks
 
 
-def summarise(model_path: Path, model, runs: dict, bm3d: dict, crops: list[dict], command: str) -> dict:
-    summary = {
+def summarise(
+    model_path: Path,
+    model,
+    runs: dict[tuple[str, str], CachedRun],
+    bm3d: dict[str, CachedRun],
+    crops: list[dict],
+    command: str,
+) -> ReleaseSummary:
+    summary: ReleaseSummary = {
         "model": str(model_path.resolve().relative_to(ROOT))
         if model_path.resolve().is_relative_to(ROOT)
         else str(model_path),
@@ -205,7 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     model = load_model_arg(str(args.model))
-    runs, bm3d, model_sha = {}, {}, sha256(args.model)
+    if model is None:
+        raise SystemExit("--model identity: the release results are a checkpoint's (the identity is each cell's input)")
+    runs: dict[tuple[str, str], CachedRun] = {}
+    bm3d: dict[str, CachedRun] = {}
+    model_sha = sha256(args.model)
     conditioned = is_conditioned(model)
     for name in [args.prepare] if args.prepare else SETS:
         images, names = load_set(args.data_root, name)

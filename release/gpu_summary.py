@@ -65,7 +65,7 @@ def wait_targets(training: dict | None) -> list[dict]:
 def speed_target(degradation: dict | None) -> dict:
     name = f"device degradation >= {TARGET_SPEEDUP:.0f}x Pillow/libjpeg on all cores"
     section = (degradation or {}).get("sections", {}).get("degradation")
-    if not section or section.get("status") != "ok" or not section.get("rows"):
+    if degradation is None or not section or section.get("status") != "ok" or not section.get("rows"):
         why = (section or {}).get("error", "the degradation part did not produce degradation.json")
         return {"target": name, "verdict": "not measured", "measured": why}
     loader = degradation["config"]["train_default"]["loader"]

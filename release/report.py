@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
+
+from evaluate.results import CellSummary
+from release.results import Bm3dSummary, ReleaseSummary
 
 BEGIN, END = "<!-- results:begin (python -m release.evaluate) -->", "<!-- results:end -->"
 # The published anchor figures are data (release/published.json: the table, its source, the sigmas), not code.
@@ -27,7 +31,7 @@ def _finite(value: float | None) -> float:
     return float("inf") if value is None else value
 
 
-def _anchor_table(summary: dict) -> list[str]:
+def _anchor_table(summary: ReleaseSummary) -> list[str]:
     """Ours blind (and told the true sigma, for a conditioned model) beside the published figures."""
     told = all("psnr_told" in c for cells in summary["anchor"].values() for c in cells)
     ours = [f"ours, blind ({summary['parameters'] / 1e6:.2f}M)"] + (["ours, told sigma"] if told else [])
@@ -43,7 +47,7 @@ def _anchor_table(summary: dict) -> list[str]:
     return lines
 
 
-def _grid(cells: list[dict]) -> list[str]:
+def _grid(cells: list[CellSummary]) -> list[str]:
     qualities = list(dict.fromkeys(c["quality"] for c in cells))
     header = "| sigma \\ quality | " + " | ".join(_q(q) for q in qualities) + " |"
     lines = [header, "|" + " --- |" * (1 + len(qualities))]
@@ -60,7 +64,7 @@ def _grid(cells: list[dict]) -> list[str]:
     return lines
 
 
-def _bm3d_table(name: str, part: dict) -> list[str]:
+def _bm3d_table(name: str, part: Bm3dSummary) -> list[str]:
     lines = [
         f"CBM3D on {name}, images {', '.join(part['images'])} (model on the same images):",
         "",
@@ -75,17 +79,21 @@ def _bm3d_table(name: str, part: dict) -> list[str]:
     return lines + [""]
 
 
-def _cell(cells: list[dict], sigma: float, quality: int | None) -> dict:
+def _cell(cells: list[CellSummary], sigma: float, quality: int | None) -> CellSummary:
     return next(c for c in cells if (c["sigma"], c["quality"]) == (sigma, quality))
 
 
-def bars(summary: dict) -> list[tuple[str, bool, str]]:
+def bars(summary: ReleaseSummary) -> list[tuple[str, bool, str]]:
     """The issue's bars, each (what, met, the figures behind it); the anchor bars count the blind model, and a
     conditioned model's told-sigma figures (the comparison CBM3D, itself told sigma, is judged on) follow them."""
     cbsd = summary["anchor"]["CBSD68"]
     fmt = ", ".join
     anchor = []
-    for key, how in (("psnr_model", ""), ("psnr_told", ", told the true sigma")):
+    keys: tuple[tuple[Literal["psnr_model", "psnr_told"], str], ...] = (
+        ("psnr_model", ""),
+        ("psnr_told", ", told the true sigma"),
+    )
+    for key, how in keys:
         if not all(key in c for c in cbsd):
             continue
         for method, level in (("CBM3D", "minimum bar"), ("DnCNN", "target")):
@@ -119,7 +127,7 @@ def bars(summary: dict) -> list[tuple[str, bool, str]]:
     ]
 
 
-def _failure(summary: dict, link: str) -> list[str]:
+def _failure(summary: ReleaseSummary, link: str) -> list[str]:
     lines = []
     for name, part in summary["failure"].items():
         weakest = ", ".join(
@@ -135,7 +143,7 @@ def _failure(summary: dict, link: str) -> list[str]:
     return lines
 
 
-def render(summary: dict, readme_dir: Path, docs_dir: Path) -> str:
+def render(summary: ReleaseSummary, readme_dir: Path, docs_dir: Path) -> str:
     """The results block for a README in `readme_dir` (links relative to it)."""
     link = Path(os.path.relpath(docs_dir.resolve(), readme_dir.resolve())).as_posix()
     lines = [
@@ -174,7 +182,7 @@ def render(summary: dict, readme_dir: Path, docs_dir: Path) -> str:
     return "\n".join(lines + ["", END])
 
 
-def _strength(summary: dict, link: str) -> list[str]:
+def _strength(summary: ReleaseSummary, link: str) -> list[str]:
     """The strength control's figure, when the model is conditioned."""
     lines = []
     for entry in (c for c in summary["crops"] if "strength" in c):

@@ -25,15 +25,11 @@ BEGIN, END = "<!-- valsets:begin (python -m release.valsets) -->", "<!-- valsets
 
 def compare(models: list[Path], labels: list[str], data_root: Path, limits: dict, out: Path) -> dict:
     """Anchor-protocol PSNR of each model on each set: {"sets": {set: {"images", "cells": [...]}}, "models": [...]}."""
-    summary = {
-        "models": [
-            {"label": lb, "file": display_path(m), "sha256": sha256(m)} for m, lb in zip(models, labels, strict=True)
-        ]
-    }
-    summary["sets"] = {}
-    loaded = [
-        (load_model_arg(str(path)), entry["sha256"]) for path, entry in zip(models, summary["models"], strict=True)
-    ]
+    pairs = zip(models, labels, strict=True)
+    entries = [{"label": label, "file": display_path(m), "sha256": sha256(m)} for m, label in pairs]
+    sets: dict[str, dict] = {}
+    summary = {"models": entries, "sets": sets}
+    loaded = [(load_model_arg(str(path)), entry["sha256"]) for path, entry in zip(models, entries, strict=True)]
     for name in VAL_SETS:
         images, names = load_set(data_root, name, limits[name])
         rows = {sigma: {"sigma": sigma} for sigma in SIGMAS}
@@ -44,7 +40,7 @@ def compare(models: list[Path], labels: list[str], data_root: Path, limits: dict
             for cell in result["cells"]:
                 rows[cell["sigma"]]["psnr_input"] = cell["psnr_input"]
                 rows[cell["sigma"]][label] = cell["psnr_model"]
-        summary["sets"][name] = {
+        sets[name] = {
             "images": len(names),
             "of": len(list_images(data_root / name, None)),
             "cells": list(rows.values()),

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     if resume is None and (run_dir / "last.pt").exists():
         raise SystemExit(f"{run_dir} already holds a run (last.pt): pass --resume auto, or choose another --out")
     saved = checkpoint.load(resume) if resume is not None else None
-    if saved is not None:
+    if resume is not None and saved is not None:
         try:
             checkpoint.check_world_size(saved, distributed.world_size_from_env(), resume)
         except ValueError as err:

@@ -4,7 +4,7 @@ for the shards' val split and for each folder set (`val.sets`), reported one by 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypedDict
+from typing import TypedDict, cast
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ def validate(
         values[key] = values[key].clamp(max=PSNR_CAP_DB)
     untouched = (valset.params["sigma_255"] == 0) & (valset.params["quality"] == 0)  # reported in their own bucket
     overall = ~untouched if bool((~untouched).any()) else torch.ones_like(untouched)
-    result = ValResult(**{k: round(float(v[overall].mean()), 4) for k, v in values.items()})
+    result = cast(ValResult, {k: round(float(v[overall].mean()), 4) for k, v in values.items()})
     buckets: dict[str, dict] = {}
     names = _bucket_names(valset.params)
     for name in sorted(set(names)):

@@ -1,0 +1,44 @@
+"""The results that cross modules are TypedDicts, and a type checker holds them to it: mypy passes on the modules
+that produce and read them (the release summary, the validation, the degradation parameters), and fails on a
+mistyped key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mypy import api
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKED = ["release", "evaluate/results.py", "pipeline/degrade.py", "train/validate.py", "train/run.py"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mypy_cache")  # shared: the second run reuses torch's analysed stubs
+
+
+def mypy(cache: Path, *targets: str) -> tuple[str, int]:
+    flags = ["--follow-imports=silent", "--ignore-missing-imports", "--cache-dir", str(cache)]
+    out, err, status = api.run([*flags, *targets])
+    return out + err, status
+
+
+def test_the_typed_modules_pass_mypy(cache, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    report, status = mypy(cache, *CHECKED)
+    assert status == 0, report
+
+
+def test_a_mistyped_result_key_fails(cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    typo = tmp_path / "typo.py"
+    typo.write_text(
+        "from release.results import ReleaseSummary\n"
+        "from train.validate import ValResult\n\n\n"
+        "def model(summary: ReleaseSummary, val: ValResult) -> tuple[str, float]:\n"
+        '    return summary["modle"], val["psnr_modle"]\n'
+    )
+    report, status = mypy(cache, str(typo))
+    assert status == 1
+    assert '"ReleaseSummary" has no key "modle"' in report and '"ValResult" has no key "psnr_modle"' in report
