@@ -100,3 +100,10 @@ def test_no_test_module_imports_another():
         if name.split(".")[0].startswith("test_") or name.startswith("tests.")
     ]
     assert not crossed, crossed
+
+
+def test_readme_layout_table_lists_the_same_arrows():
+    rows = re.findall(r"^\| `(\w+)/` \| ([^|]+) \|", (ROOT / "README.md").read_text(), flags=re.M)
+    listed = {name: set() if imports.strip() == "(none)" else set(imports.split(", ")) for name, imports in rows}
+    listed = {name: {t.strip() for t in targets} for name, targets in listed.items() if name in FOLDERS}
+    assert listed == ALLOWED, "README.md's layout table: the imports column differs from docs/architecture.md"
