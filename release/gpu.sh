@@ -27,8 +27,8 @@ done
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 1
 work="$(mktemp -d "${TMPDIR:-/tmp}/gpu.XXXXXX")"
-py="${PYTHON:-python3}"
-[ -z "${PYTHON:-}" ] && [ -x "$repo/.venv/bin/python" ] && py="$repo/.venv/bin/python"
+. "$repo/release/lib.sh"
+py="$(repo_python "$repo")"
 total_s="${GPU_TOTAL_S:-560}"  # a device call may run 600 s at most
 [ ${#rehearse[@]} = 1 ] && total_s="${GPU_TOTAL_S:-300}"
 log() { echo "[gpu] $*" | tee -a "$out/gpu.log"; }

@@ -42,10 +42,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo" || exit 1
 budget_s="${GPU_CHECK_BUDGET_S:-470}"
 GPU_CHECK_SKIP="${GPU_CHECK_SKIP:-}"
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
-  if [ -x .venv/bin/python ]; then py="$repo/.venv/bin/python"; else py="$(command -v python3 || echo python3)"; fi
-fi
+. "$repo/release/lib.sh"
+py="$(repo_python "$repo")"
 has_timeout=0
 command -v timeout >/dev/null 2>&1 && has_timeout=1
 start_s=$SECONDS

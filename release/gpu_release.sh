@@ -50,10 +50,8 @@ done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo" || exit 1
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
-  if [ -x .venv/bin/python ]; then py="$repo/.venv/bin/python"; else py="$(command -v python3 || echo python3)"; fi
-fi
+. "$repo/release/lib.sh"
+py="$(repo_python "$repo")"
 config=release/gpu.yaml
 shards="${GPU_RELEASE_SHARDS:-data/cbsd432}"
 total_s="${GPU_RELEASE_TOTAL_S:-570}"
