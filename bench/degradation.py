@@ -20,7 +20,7 @@ import torch
 
 from bench.timing import measure, significant, sync
 from pipeline.config import DegradeConfig
-from pipeline.degrade import PARAM_KEYS, sample_and_degrade, sample_params
+from pipeline.degrade import param_row, sample_and_degrade, sample_params
 from pipeline.reference import degrade_reference
 
 CALL_S = 0.25  # target seconds per timed call: long enough that clock resolution and launch latency vanish
@@ -74,7 +74,7 @@ def cpu_pool_rate(
 
 def _jobs(patches: list[np.ndarray], cfg: DegradeConfig) -> list[tuple[np.ndarray, dict, int]]:
     params = sample_params(len(patches), cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
-    return [(p, {k: params[k][i].item() for k in PARAM_KEYS}, i) for i, p in enumerate(patches)]
+    return [(p, param_row(params, i), i) for i, p in enumerate(patches)]
 
 
 def device_rate(

@@ -22,7 +22,7 @@ import torch
 from bench.degradation import cut_patches
 from bench.timing import sync
 from pipeline.config import DegradeConfig
-from pipeline.degrade import PARAM_KEYS, sample_and_degrade, sample_params
+from pipeline.degrade import param_row, sample_and_degrade, sample_params
 from pipeline.io import load_rgb8
 from pipeline.jpeg import CODECS
 from pipeline.reference import degrade_reference
@@ -44,7 +44,7 @@ def run(images, batch: int, patch: int, codecs: list[str], rounds: int, device: 
     clean = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).to(device).float().div(255)  # (N, 3, P, P)
     cfg = DegradeConfig(curriculum=False)
     host = sample_params(batch, cfg, torch.Generator().manual_seed(0))
-    jobs = [{k: host[k][i].item() for k in PARAM_KEYS} for i in range(batch)]
+    jobs = [param_row(host, i) for i in range(batch)]
     rng = np.random.default_rng(0)
 
     def pillow() -> None:

@@ -25,7 +25,7 @@ import webdataset as wds
 from bench.shard_format import time_dali
 from bench.timing import median_rate
 from pipeline.config import DegradeConfig, LoaderConfig
-from pipeline.degrade import PARAM_KEYS, degrade, sample_and_degrade, sample_params
+from pipeline.degrade import degrade, param_row, sample_and_degrade, sample_params
 from pipeline.io import decode_rgb8
 from pipeline.loader import make_loader
 from pipeline.loader_torch import cut
@@ -107,7 +107,7 @@ def bench_degrade(images: list[np.ndarray], device: torch.device, patch: int, ba
     total = 8 * batch
     patches = [images[i % len(images)][:patch, :patch] for i in range(total)]
     params = sample_params(total, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
-    jobs = [(p, {k: params[k][i].item() for k in PARAM_KEYS}, i) for i, p in enumerate(patches)]
+    jobs = [(p, param_row(params, i), i) for i, p in enumerate(patches)]
     rows = [
         _row(
             "degrade: Pillow/libjpeg, 1 core",

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.config import DegradeConfig
-from pipeline.degrade import PARAM_KEYS, sample_params
+from pipeline.degrade import param_row, sample_params
 from pipeline.reference import degrade_reference
 from pipeline.valset import read_split_images
 
@@ -51,7 +51,7 @@ def calibration_batches(
         top = int(rng.integers(0, image.shape[0] - height + 1))
         left = int(rng.integers(0, image.shape[1] - width + 1))
         clean8 = image[top : top + height, left : left + width]
-        row = {key: params[key][index].item() for key in PARAM_KEYS}
+        row = param_row(params, index)
         degraded8 = degrade_reference(clean8, row, rng)  # (H, W, 3) uint8
         crops.append(degraded8.transpose(2, 0, 1).astype(np.float32) / 255)
     stacked = np.stack(crops).reshape(num_batches, batch, 3, height, width)

@@ -82,6 +82,11 @@ class DegradeParams(TypedDict, total=False):
 PARAM_KEYS = tuple(k for k in DegradeParams.__annotations__ if k != "unclipped")  # one sample's scalar values
 
 
+def param_row(params: DegradeParams, index: int) -> dict[str, float]:
+    """Sample `index`'s parameters as host scalars, keyed by `PARAM_KEYS` (a device read: outside the step only)."""
+    return {key: params[key][index].item() for key in PARAM_KEYS}  # type: ignore[literal-required]
+
+
 def sample_params(
     n: int, cfg: DegradeConfig, generator: torch.Generator, device: torch.device | None = None, progress: float = 1.0
 ) -> DegradeParams:

@@ -16,7 +16,7 @@ import torch
 import webdataset as wds
 
 from pipeline.config import DegradeConfig
-from pipeline.degrade import PARAM_KEYS, sample_params
+from pipeline.degrade import param_row, sample_params
 from pipeline.io import IMAGE_SUFFIXES, decode_rgb8, image_entries, load_rgb8
 from pipeline.reference import degrade_reference
 from pipeline.shard_format import IMAGE_EXTS, split_shards
@@ -102,7 +102,7 @@ def degrade_images(images: list[np.ndarray], cfg: DegradeConfig, seed: int, crop
     clean, degraded = [], []
     for index in range(len(images) * variants):
         rgb8 = center_crop(images[index // variants], size)
-        row = {k: params[k][index].item() for k in PARAM_KEYS}
+        row = param_row(params, index)
         degraded.append(degrade_reference(rgb8, row, np.random.default_rng([seed, index])))
         clean.append(rgb8)
     return ValSet(_chw(clean), _chw(degraded), params)
