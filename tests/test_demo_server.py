@@ -47,7 +47,9 @@ def cli_server(checkpoint, tmp_path_factory):
     env = os.environ | {"TMPDIR": str(folder), "GRADIO_TEMP_DIR": str(folder / "gradio")}
     log = folder / "server.log"
     with open(log, "w") as log_file:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_as_from_a_terminal
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180  # importing torch and Gradio takes several seconds on a busy 2-core box
@@ -57,10 +59,20 @@ def cli_server(checkpoint, tmp_path_factory):
         yield url, log
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise AssertionError(f"the demo did not stop within 60 s of Ctrl+C:\n{log.read_text()[-2000:]}") from None
     assert not list(folder.glob("ml-restoration-demo-*")), "the work folder was left behind"
     uploads = [p for p in (folder / "gradio").rglob("*") if p.is_file() and p.stat().st_size > 0]
     assert not uploads, f"users' uploads outlived the demo: {uploads[:3]}"  # (Gradio's parser leaves empty tmp files)
+
+
+def _as_from_a_terminal() -> None:
+    """Ctrl+C reaches the server as in a terminal: a test run started in the background (`nohup ... &`) ignores
+    SIGINT, and a child would inherit that and never see the signal this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _answers(url: str) -> bool:
