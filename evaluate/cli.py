@@ -17,6 +17,7 @@ from evaluate.baselines import BASELINES
 from evaluate.harness import evaluate
 from evaluate.protocols import PROTOCOLS, parse_qualities, parse_sigmas
 from evaluate.report import write_outputs
+from evaluate.results import figure
 from pipeline.device import resolve_device
 from pipeline.io import IMAGE_SUFFIXES, ImageError, explain_error, image_entries, load_rgb8
 
@@ -139,15 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     for message in result["messages"]:
         print(f"note: {message}", file=sys.stderr)
-    result.update(model=args.model, data=str(args.data), images=[p.name for p in paths], versions=versions())
-    result["skipped_images"] = unreadable
+    result["model"], result["data"] = args.model, str(args.data)
+    result["images"], result["versions"], result["skipped_images"] = [p.name for p in paths], versions(), unreadable
     write_outputs(result, args.out)
+    others = [m for m in result["methods"] if m not in ("input", "model")]
     for cell in result["cells"]:
         quality = "none" if cell["quality"] is None else cell["quality"]
         print(
             f"sigma {cell['sigma']:>4g} quality {quality:>4}: PSNR {cell['psnr_input']:.2f} -> "
             f"{cell['psnr_model']:.2f} dB ({cell['psnr_gain']:+.2f})"
-            + "".join(f", {m} {cell[f'psnr_{m}']:.2f} dB" for m in result["methods"] if m not in ("input", "model"))
+            + "".join(f", {m} {figure(cell, f'psnr_{m}'):.2f} dB" for m in others)
             + f", {cell['img_per_s']:.2f} img/s"
         )
     print(f"wrote {args.out}/results.json, results.md, per_image.csv, failure.md, plots and crops")

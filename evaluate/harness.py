@@ -34,8 +34,8 @@ METHODS_BASE = ("input", "model")
 
 def _measure(view: torch.Tensor, clean: torch.Tensor, y_channel: bool, crop_border: int) -> tuple[float, float]:
     """(PSNR, SSIM) of one (1, 3, H, W) image against its clean version, with the run's conventions."""
-    options = {"y_channel": y_channel, "crop_border": crop_border}
-    return float(psnr(view, clean, **options)[0]), float(ssim(view, clean, **options)[0])
+    psnr_db = psnr(view, clean, y_channel=y_channel, crop_border=crop_border)
+    return float(psnr_db[0]), float(ssim(view, clean, y_channel=y_channel, crop_border=crop_border)[0])
 
 
 def _run_image(
@@ -53,7 +53,8 @@ def _run_image(
         row[f"psnr_{method}"], row[f"ssim_{method}"] = _measure(view, clean, setup["y_channel"], setup["crop_border"])
     row["psnr_gain"] = row["psnr_model"] - row["psnr_input"]
     row["ssim_gain"] = row["ssim_model"] - row["ssim_input"]
-    tile = tile_size_for(*clean8.shape[:2], setup["tile"])
+    height, width = clean8.shape[:2]
+    tile = tile_size_for(height, width, setup["tile"])
     if index not in setup["classes"]:  # the clean image is the same in every cell: label its tiles once
         setup["classes"][index] = tile_classes(clean, tile)
     tiles = {

@@ -10,10 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 import numpy as np  # noqa: E402
 
-from evaluate.results import EvalResult
+from evaluate.results import CellSummary, EvalResult, figure
 
 
-def _axes_values(cells: list[dict]) -> tuple[list[float], list[int | None]]:
+def _axes_values(cells: list[CellSummary]) -> tuple[list[float], list[int | None]]:
     """Sorted sigmas and qualities of the cells (no-JPEG last, as the cleanest condition)."""
     sigmas = sorted({c["sigma"] for c in cells})
     qualities = sorted({c["quality"] for c in cells}, key=lambda q: 101 if q is None else q)
@@ -59,7 +59,7 @@ def psnr_vs_sigma(result: EvalResult, path: Path) -> Path:
         colour = plt.cm.viridis(i / max(1, len(qualities) - 1))
         chosen = sorted((c for c in cells if c["quality"] == quality), key=lambda c: c["sigma"])
         for method, style in styles.items():
-            values = [c[f"psnr_{method}"] for c in chosen]
+            values = [figure(c, f"psnr_{method}") for c in chosen]
             label = f"{_quality_name(quality)} {method}"
             ax.plot([c["sigma"] for c in chosen], values, style, color=colour, label=label, markersize=4)
     ax.set_xticks(sigmas)

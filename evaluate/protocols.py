@@ -94,7 +94,7 @@ def degrade_anchor(clean8: np.ndarray, cell: Cell) -> torch.Tensor:
     """(H, W, 3) uint8 clean -> (3, H, W) float32 noisy, unclipped: KAIR's `np.random.seed(0)` per image recipe."""
     if cell.quality is not None:
         raise ValueError("the anchor protocol has no JPEG step")
-    noisy = np.float32(clean8 / 255.0)  # KAIR util.uint2single
+    noisy = (clean8 / 255.0).astype(np.float32)  # KAIR util.uint2single
     noisy += np.random.RandomState(ANCHOR_SEED).normal(0, cell.sigma_255 / 255.0, noisy.shape)
     return torch.from_numpy(np.ascontiguousarray(noisy.transpose(2, 0, 1)))
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from evaluate.failure import write_failure_report
 from evaluate.plots import write_plots
-from evaluate.results import EvalResult
+from evaluate.results import EvalResult, figure
 from pipeline.io import save_png, to_rgb8_array
 
 PANEL_LABELS = ("degraded", "restored", "clean")
@@ -78,7 +78,7 @@ def results_markdown(result: EvalResult) -> str:
         values = [f"{cell['sigma']:g}", _quality(cell["quality"]), str(cell["images"])]
         for metric, digits in (("psnr", 2), ("ssim", 4)):
             keys = [f"{metric}_input", f"{metric}_model", f"{metric}_gain", *(f"{metric}_{m}" for m in extra)]
-            values += [_fmt(cell[k], digits) for k in keys]
+            values += [_fmt(figure(cell, k), digits) for k in keys]
         lines.append("| " + " | ".join(values) + " |")
     lines += [""] + [f"- note: {message}" for message in result["messages"]]
     if result["samples"]["comparisons"]:

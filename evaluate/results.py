@@ -8,6 +8,7 @@ model told the truth, a baseline's name); the ones this project produces are dec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypedDict
 
 
@@ -49,3 +50,15 @@ class EvalResult(TypedDict, total=False):
     worst_tiles: list[dict[str, Any]]
     least_gain_cells: list[dict[str, Any]]
     samples: dict[str, Any]  # (3, h, w) CPU tensors for the report writers; not written to JSON
+    # added by `python -m evaluate` (evaluate.cli) before it writes results.json
+    model: str
+    data: str
+    images: list[str]
+    versions: dict[str, str]
+    skipped_images: list[str]
+
+
+def figure(row: Mapping[str, Any], key: str) -> float:
+    """A per-method figure of a cell or per-image row, `key` built at run time (`psnr_<method>`, `ssim_<method>`,
+    `<metric>_gain`): the one place a computed key is read, so the declared keys stay checked everywhere else."""
+    return float(row[key])
