@@ -16,6 +16,8 @@ import multiprocessing
 import sys
 from pathlib import Path
 
+from pipeline.shard_format import ShardEntry
+
 FIX = "check the shards with `python -m shards.verify {folder}` and repack them with `python -m shards.pack`"
 
 
@@ -27,7 +29,7 @@ def warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-def check_shards(folder: Path, entries: list[dict], max_share: float) -> tuple[list[dict], int, str]:
+def check_shards(folder: Path, entries: list[ShardEntry], max_share: float) -> tuple[list[ShardEntry], int, str]:
     """The manifest entries whose tar is present at its recorded size, the number of samples left out with the
     others (each named in a warning) and what was wrong with them, in words. Raises `DataSkipLimit` when that loses
     more than `max_share` of the samples.

@@ -18,7 +18,7 @@ from pipeline.config import LoaderConfig
 from pipeline.health import SkipCounter, check_shards, warn
 from pipeline.loader_dali import dali_loader
 from pipeline.loader_torch import torch_loader
-from pipeline.shard_format import read_manifest, split_shards
+from pipeline.shard_format import Manifest, read_manifest, split_shards
 from pipeline.stream import build_index
 
 BACKENDS = ("auto", "torch", "dali")
@@ -43,7 +43,7 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def check_config(manifest: dict, split: str, cfg: LoaderConfig) -> None:
+def check_config(manifest: Manifest, split: str, cfg: LoaderConfig) -> None:
     """Refuse at start what would fail (or silently go wrong) in the middle of training."""
     if cfg.patch_size < 1 or cfg.batch_size < 1 or cfg.crops_per_image < 1:
         raise ValueError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
+from typing import Any, TypedDict, cast
 
 from pipeline.io import IMAGE_SUFFIXES
 
@@ -28,6 +29,41 @@ STORE_RULE = "keep-plain-jpeg-else-png"  # manifest["image_format"]["rule"]: see
 DALI_INDEX_VERSION = "v1.2"  # first token of a `wds2idx` index file
 
 
+class ShardEntry(TypedDict):
+    """One tar of `manifest["shards"]`."""
+
+    name: str  # shard_name(split, index)
+    bytes: int
+    sha256: str
+    index: str  # its DALI index file, index_name(name)
+    split: str
+    samples: int
+    first_key: str  # sample_key of its first sample
+
+
+class SplitTotals(TypedDict):
+    samples: int
+    shards: int
+    bytes: int
+    min_width: int
+    min_height: int
+
+
+class Manifest(TypedDict):
+    """`manifest.json`: written by `shards.pack`, read by `shards.verify` and the loaders."""
+
+    tool: dict[str, Any]  # name, version, format_version
+    args: dict[str, Any]  # the packing arguments
+    image_format: dict[str, Any]  # rule (STORE_RULE), png_compress_level, counts per stored extension
+    shuffled: bool
+    seed: int
+    splits: dict[str, SplitTotals]
+    shards: list[ShardEntry]
+    skipped: list[dict[str, str]]  # path, reason, detail
+    ignored_files: int
+    ignored: list[str]  # files not named like images
+
+
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.tar"
 
@@ -40,12 +76,12 @@ def sample_key(sequence: int) -> str:
     return f"{sequence:07d}"
 
 
-def read_manifest(folder: str | Path) -> dict:
+def read_manifest(folder: str | Path) -> Manifest:
     """Load `manifest.json` of a shard folder, with a clear error when the folder is not one."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a shard folder: {MANIFEST} is missing (run `python -m shards.pack`)")
-    return json.loads(path.read_text())
+    return cast(Manifest, json.loads(path.read_text()))
 
 
 def split_shards(folder: str | Path, split: str) -> list[Path]:

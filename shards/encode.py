@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -61,7 +62,7 @@ def encode_file(path: str | Path, source: str, min_side: int, max_pixels: int) -
         return Skipped(source, "unreadable", str(err))
     if min(img.size) < min_side:
         return Skipped(source, "too_small", f"{img.width}x{img.height}, min side < {min_side}")
-    meta = {"source": source, "source_format": img.format, "mode": img.mode}
+    meta: dict[str, Any] = {"source": source, "source_format": img.format, "mode": img.mode}
     if is_plain_jpeg(img):
         meta.update(width=img.width, height=img.height, conversion=[], stored="source_jpeg")
         return Encoded(source, data, "jpg", meta)

@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pipeline.shard_format import Manifest
 from shards.pack import pack
 
 CHUNK = 1 << 20
@@ -166,7 +167,7 @@ def unpack(archive: Path, into: Path) -> None:
         raise ValueError(f"{archive} is neither a zip nor a tar archive")
 
 
-def fetch(name: str, out: str | Path, *, cache: str | Path, source: Source | None = None, **pack_kwargs) -> dict:
+def fetch(name: str, out: str | Path, *, cache: str | Path, source: Source | None = None, **pack_kwargs) -> Manifest:
     """Download (or reuse from `cache`), unpack and pack the dataset `name`; return the shard manifest."""
     source = source or SOURCES[name]
     cache = Path(cache) / source.name

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, cast
 
 from pipeline.io import DEFAULT_MAX_PIXELS
 from pipeline.scan import scan_folder
@@ -30,6 +31,9 @@ from pipeline.shard_format import (
     MANIFEST,
     SOURCE_SUFFIXES,
     STORE_RULE,
+    Manifest,
+    ShardEntry,
+    SplitTotals,
     read_manifest,
     sample_key,
     shard_name,
@@ -85,7 +89,8 @@ def _encode_one(source: str, src: Path, min_side: int, max_pixels: int) -> Encod
 
 def spool_samples(results: Iterator, total: int, spool: Path) -> tuple[list[dict], list[dict]]:
     """Write encoded payloads to the spool folder; return kept sample records and skipped entries, in order."""
-    kept, skipped = [], []
+    kept: list[dict] = []
+    skipped: list[dict] = []
     start = last_report = time.perf_counter()
     for done, result in enumerate(results, 1):
         if isinstance(result, Skipped):
@@ -111,7 +116,9 @@ def split_samples(kept: list[dict], val_fraction: float) -> dict[str, list[dict]
     return {"train": kept[val_count:], "val": kept[:val_count]}
 
 
-def write_split(out: Path, split: str, samples: list[dict], first_key: int, min_shards: int, max_bytes: int) -> list:
+def write_split(
+    out: Path, split: str, samples: list[dict], first_key: int, min_shards: int, max_bytes: int
+) -> list[ShardEntry]:
     """Write the shards of one split; sample keys continue from `first_key`. Returns manifest shard entries."""
     for offset, sample in enumerate(samples):
         sample["meta"] = {**sample["meta"], "key": sample_key(first_key + offset), "split": split}
@@ -124,7 +131,8 @@ def write_split(out: Path, split: str, samples: list[dict], first_key: int, min_
             key = sample["meta"]["key"]
             members += [(f"{key}.{sample['ext']}", sample["payload"].read_bytes()), (f"{key}.json", sample["json"])]
         entry = write_shard(out, shard_name(split, index), members)
-        entries.append({**entry, "split": split, "samples": len(rows), "first_key": samples[rows[0]]["meta"]["key"]})
+        extra = {"split": split, "samples": len(rows), "first_key": samples[rows[0]]["meta"]["key"]}
+        entries.append(cast(ShardEntry, entry | extra))
     return entries
 
 
@@ -139,7 +147,7 @@ def pack(
     min_side: int = 64,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 1,
-) -> dict:
+) -> Manifest:
     """Pack the images under `src` into shards in `out`; return the manifest (also written to OUT/manifest.json)."""
     src, out = Path(src), Path(out)
     if not src.is_dir():
@@ -163,8 +171,8 @@ def pack(
         shards += write_split(out, "val", splits["val"], len(splits["train"]), min_shards, max_bytes)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
-    args = {"val_fraction": val_fraction, "seed": seed, "max_shard_mb": max_shard_mb, "min_shards": min_shards}
-    args.update(min_side=min_side, max_pixels=max_pixels, source=str(src))
+    args: dict[str, Any] = {"val_fraction": val_fraction, "seed": seed, "max_shard_mb": max_shard_mb}
+    args |= {"min_shards": min_shards, "min_side": min_side, "max_pixels": max_pixels, "source": str(src)}
     formats = Counter(sample["ext"] for sample in kept)
     image_format = {
         "rule": STORE_RULE,
@@ -190,33 +198,39 @@ def _what_was_there(ignored: list[str], skipped: list[dict], show: int = 10) -> 
 
 
 def build_manifest(
-    tool: dict, args: dict, image_format: dict, splits: dict, shards: list, skipped: list, ignored: list[str]
-) -> dict:
+    tool: dict,
+    args: dict,
+    image_format: dict,
+    splits: dict[str, list[dict]],
+    shards: list[ShardEntry],
+    skipped: list[dict],
+    ignored: list[str],
+) -> Manifest:
     """The manifest: tool, creation args, stored format, per-split totals, per-shard entries, skipped inputs."""
-    totals = {}
+    totals: dict[str, SplitTotals] = {}
     for split, samples in splits.items():
         if not samples:
             continue
         entries = [entry for entry in shards if entry["split"] == split]
-        totals[split] = {
-            "samples": len(samples),
-            "shards": len(entries),
-            "bytes": sum(entry["bytes"] for entry in entries),
-            "min_width": min(sample["meta"]["width"] for sample in samples),
-            "min_height": min(sample["meta"]["height"] for sample in samples),
-        }
-    return {
-        "tool": tool,
-        "args": args,
-        "image_format": image_format,
-        "shuffled": True,
-        "seed": args["seed"],
-        "splits": totals,
-        "shards": shards,
-        "skipped": sorted(skipped, key=lambda entry: entry["path"]),
-        "ignored_files": len(ignored),
-        "ignored": ignored,  # files not named like images, each listed
-    }
+        totals[split] = SplitTotals(
+            samples=len(samples),
+            shards=len(entries),
+            bytes=sum(entry["bytes"] for entry in entries),
+            min_width=min(sample["meta"]["width"] for sample in samples),
+            min_height=min(sample["meta"]["height"] for sample in samples),
+        )
+    return Manifest(
+        tool=tool,
+        args=args,
+        image_format=image_format,
+        shuffled=True,
+        seed=args["seed"],
+        splits=totals,
+        shards=shards,
+        skipped=sorted(skipped, key=lambda entry: entry["path"]),
+        ignored_files=len(ignored),
+        ignored=ignored,
+    )
 
 
 def clear_previous(out: Path) -> None:
@@ -235,11 +249,11 @@ def clear_previous(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def manifest_text(manifest: dict) -> str:
+def manifest_text(manifest: Manifest) -> str:
     return json.dumps(manifest, indent=1) + "\n"
 
 
-def print_summary(manifest: dict, seconds: float, show: int = 20) -> None:
+def print_summary(manifest: Manifest, seconds: float, show: int = 20) -> None:
     """One line per split, the first skipped files with their reasons, then skip counts by reason."""
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['samples']} samples in {info['shards']} shards, {info['bytes'] / 2**20:.1f} MiB")

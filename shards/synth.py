@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import save_png
+from pipeline.shard_format import Manifest
 from shards.pack import pack
 
 SHAPES = ("disk", "ellipse", "rectangle")
@@ -156,7 +157,7 @@ def render_pngs(folder: str | Path, count: int, *, size: int = 256, seed: int = 
                 print(f"synth: {done}/{count} images", file=sys.stderr)
 
 
-def synth(out: str | Path, count: int, *, size: int = 256, seed: int = 0, workers: int = 1, **pack_kwargs) -> dict:
+def synth(out: str | Path, count: int, *, size: int = 256, seed: int = 0, workers: int = 1, **pack_kwargs) -> Manifest:
     """Render `count` images as PNGs in a temporary folder and pack them into `out`; return the manifest."""
     with tempfile.TemporaryDirectory(prefix="synth-") as folder:
         render_pngs(folder, count, size=size, seed=seed, workers=workers)

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.io import decode_rgb8
-from pipeline.shard_format import IMAGE_EXTS, META_EXT, dali_index, read_manifest, sample_key
+from pipeline.shard_format import IMAGE_EXTS, META_EXT, ShardEntry, dali_index, read_manifest, sample_key
 
 
 def read_samples(path: Path) -> dict[str, dict[str, bytes]]:
@@ -29,7 +29,9 @@ def read_samples(path: Path) -> dict[str, dict[str, bytes]]:
             if not member.isreg():
                 continue
             key, _, ext = member.name.partition(".")
-            samples.setdefault(key, {})[ext] = archive.extractfile(member).read()
+            data = archive.extractfile(member)
+            if data is not None:  # a regular member always has its bytes
+                samples.setdefault(key, {})[ext] = data.read()
     return samples
 
 
@@ -58,7 +60,7 @@ def check_sample(name: str, key: str, members: dict[str, bytes]) -> list[str]:
     return problems
 
 
-def check_shard(folder: Path, entry: dict) -> tuple[list[str], list[str]]:
+def check_shard(folder: Path, entry: ShardEntry) -> tuple[list[str], list[str]]:
     """Problems of one shard and the keys it holds."""
     name, path = entry["name"], folder / entry["name"]
     if not path.is_file():
@@ -95,7 +97,8 @@ def verify(folder: str | Path) -> list[str]:
         manifest = read_manifest(folder)
     except (FileNotFoundError, ValueError) as err:
         return [str(err)]
-    problems, seen = [], {}
+    problems: list[str] = []
+    seen: dict[str, str] = {}
     if not manifest["shards"]:
         problems.append("manifest: lists no shards (an empty pack): repack a folder that holds images")
     for entry in manifest["shards"]:

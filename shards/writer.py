@@ -71,7 +71,7 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
-def write_shard(folder: Path, name: str, members: list[tuple[str, bytes]]) -> dict:
+def write_shard(folder: Path, name: str, members: list[tuple[str, bytes]]) -> dict[str, str | int]:
     """Write one tar shard and its DALI index atomically; return its manifest entry (without split/keys)."""
     data = tar_bytes(members)
     path = folder / name

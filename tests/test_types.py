@@ -1,6 +1,6 @@
 """The results that cross modules are TypedDicts, and a type checker holds them to it: mypy passes on the modules
-that produce and read them (evaluation results through the reports and plots, the release summary, the validation,
-the degradation parameters), and fails on a mistyped key."""
+that produce and read them (evaluation results through the reports and plots, the release summary, the shard
+manifest, the validation, the degradation parameters), and fails on a mistyped key."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ import pytest
 from mypy import api
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ["release", "evaluate", "pipeline/degrade.py", "train/validate.py", "train/run.py"]
+CHECKED = [
+    "release",
+    "evaluate",
+    "shards",
+    "pipeline/shard_format.py",
+    "pipeline/loader.py",
+    "pipeline/degrade.py",
+    "train/validate.py",
+    "train/run.py",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +43,17 @@ def test_a_mistyped_result_key_fails(cache, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     typo = tmp_path / "typo.py"
     typo.write_text(
+        "from pipeline.shard_format import Manifest\n"
         "from release.results import ReleaseSummary\n"
         "from train.validate import ValResult\n\n\n"
-        "def model(summary: ReleaseSummary, val: ValResult) -> tuple[str, float]:\n"
-        '    return summary["modle"], val["psnr_modle"]\n'
+        "def model(summary: ReleaseSummary, val: ValResult, manifest: Manifest) -> tuple[str, float, int]:\n"
+        '    return summary["modle"], val["psnr_modle"], manifest["shards"][0]["sample"]\n'
     )
     report, status = mypy(cache, str(typo))
     assert status == 1
-    assert '"ReleaseSummary" has no key "modle"' in report and '"ValResult" has no key "psnr_modle"' in report
+    for typo in (
+        '"ReleaseSummary" has no key "modle"',
+        '"ValResult" has no key "psnr_modle"',
+        '"ShardEntry" has no key "sample"',
+    ):
+        assert typo in report, report
