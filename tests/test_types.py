@@ -1,6 +1,6 @@
 """The results that cross modules are TypedDicts, and a type checker holds them to it: mypy passes on the modules
 that produce and read them (evaluation results through the reports and plots, the release summary, the shard
-manifest, the validation, the degradation parameters), and fails on a mistyped key."""
+manifest, the training checkpoint, the validation, the degradation parameters), and fails on a mistyped key."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ CHECKED = [
     "pipeline/loader.py",
     "pipeline/degrade.py",
     "train/validate.py",
+    "train/checkpoint.py",
     "train/run.py",
 ]
 

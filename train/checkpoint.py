@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -25,6 +26,35 @@ if TYPE_CHECKING:
     from train.step import State
 
 
+class RngState(TypedDict, total=False):
+    """One rank's random states: torch CPU, the degradation generator, numpy, Python `random`, CUDA when present."""
+
+    torch: torch.Tensor
+    generator: torch.Tensor
+    numpy: list[Any]  # np.random.get_state() with the key array as an int64 tensor
+    python: list[Any]
+    cuda: list[torch.Tensor]
+
+
+class TrainCheckpoint(TypedDict, total=False):
+    """One checkpoint file (the module docstring); older files may lack `world_size` and `rng_per_rank`."""
+
+    model: dict[str, torch.Tensor]
+    model_name: str
+    model_kwargs: dict[str, Any]
+    ema: dict[str, torch.Tensor] | None
+    ema_n_averaged: int
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any] | None
+    step: int
+    best_psnr: float
+    config: dict[str, Any]  # train.config.to_dict of the run's TrainConfig
+    device_type: str
+    world_size: int
+    rng: RngState
+    rng_per_rank: list[RngState]
+
+
 def save(state: State, cfg: TrainConfig, path: Path) -> None:
     """Checkpoint `state` atomically. Every rank calls it (their RNG states are gathered) and rank 0 writes.
     Refuses (raises, on every rank: DDP keeps the weights equal) when a weight is NaN/inf, so a good file is never
@@ -33,30 +63,28 @@ def save(state: State, cfg: TrainConfig, path: Path) -> None:
     if not bool(finite):
         raise FloatingPointError(f"weights are not finite at step {state.step}: not overwriting {path.name}")
     rngs = gather_to_main(rng_state(state.generator), state.env)
-    if not state.env.is_main:
+    if not state.env.is_main or rngs is None:
         return
-    atomic_save(
-        {
-            "model": model_state(state.model),
-            "model_name": cfg.model.name,
-            "model_kwargs": dict(cfg.model.kwargs),
-            "ema": model_state(state.ema.module) if state.ema is not None else None,
-            "ema_n_averaged": state.ema.n_averaged if state.ema is not None else 0,
-            "optimizer": state.optimizer.state_dict(),
-            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-            "step": state.step,
-            "best_psnr": state.best_psnr,
-            "config": to_dict(cfg),
-            "device_type": state.generator.device.type,
-            "world_size": state.env.world_size,
-            "rng": rngs[0],
-            "rng_per_rank": rngs,
-        },
-        path,
+    checkpoint = TrainCheckpoint(
+        model=model_state(state.model),
+        model_name=cfg.model.name,
+        model_kwargs=dict(cfg.model.kwargs),
+        ema=model_state(state.ema.module) if state.ema is not None else None,
+        ema_n_averaged=state.ema.n_averaged if state.ema is not None else 0,
+        optimizer=state.optimizer.state_dict(),
+        scaler=state.scaler.state_dict() if state.scaler is not None else None,
+        step=state.step,
+        best_psnr=state.best_psnr,
+        config=to_dict(cfg),
+        device_type=state.generator.device.type,
+        world_size=state.env.world_size,
+        rng=rngs[0],
+        rng_per_rank=rngs,
     )
+    atomic_save(checkpoint, path)
 
 
-def restore(state: State, path: Path) -> dict:
+def restore(state: State, path: Path) -> RngState:
     """Load weights, optimizer and counters from `path`; returns this rank's saved RNG states (set them once the
     loader is built at the saved step). Refuses a checkpoint of another device type or another number of ranks."""
     saved = load(path)
@@ -77,7 +105,7 @@ def restore(state: State, path: Path) -> dict:
     return saved.get("rng_per_rank", [saved["rng"]])[state.env.rank]
 
 
-def check_world_size(saved: dict[str, Any], world_size: int, path: str | Path) -> None:
+def check_world_size(saved: TrainCheckpoint, world_size: int, path: str | Path) -> None:
     """A run continues exactly only with as many ranks as wrote the checkpoint (per-rank data and RNG streams)."""
     written_by = saved.get("world_size", 1)  # checkpoints from before DDP: one process
     if written_by != world_size:
@@ -112,7 +140,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
+def atomic_save(obj: Mapping[str, Any], path: str | Path) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename over `path`; temporaries that
     killed runs left in that folder are removed first."""
     path = Path(path)
@@ -134,14 +162,14 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
         os.close(folder)
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by `atomic_save`; untrusted files cannot run code (weights_only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load(path: str | Path) -> TrainCheckpoint:
+    """Load a checkpoint written by `save`; untrusted files cannot run code (weights_only)."""
+    return cast(TrainCheckpoint, torch.load(path, map_location="cpu", weights_only=True))
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
+def rng_state(generator: torch.Generator) -> RngState:
+    np_state = cast(tuple, np.random.get_state())  # the legacy tuple form (numpy types it as tuple | dict)
+    state: RngState = {
         "torch": torch.get_rng_state(),
         "generator": generator.get_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -152,7 +180,7 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+def set_rng_state(state: RngState, generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
     name, keys, *rest = state["numpy"]
