@@ -21,16 +21,21 @@ class Ema:
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.decay = decay
         self.n_averaged = 0
+        # the tensor lists, walked once: a walk of a NAFNet's modules costs ~0.2 ms of host time, twice per step
+        self._ours = (list(self.module.parameters()), list(self.module.buffers()))
+        self._source: nn.Module | None = None
+        self._theirs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """The first update copies `model`; each later one moves every weight `1 - decay` of the way towards it."""
-        ours, theirs = list(self.module.parameters()), list(model.parameters())  # no_grad: usable as they are
+        if model is not self._source:
+            self._source, self._theirs = model, (list(model.parameters()), list(model.buffers()))
+        (ours, our_buffers), (theirs, their_buffers) = self._ours, self._theirs  # no_grad: usable as they are
         if self.n_averaged == 0:
             torch._foreach_copy_(ours, theirs)
         else:
             torch._foreach_lerp_(ours, theirs, 1.0 - self.decay)
-        buffers = list(self.module.buffers())
-        if buffers:
-            torch._foreach_copy_(buffers, list(model.buffers()))
+        if our_buffers:
+            torch._foreach_copy_(our_buffers, their_buffers)
         self.n_averaged += 1
