@@ -162,7 +162,8 @@ def degrade(
     """Noise, clip, 8-bit quantisation, JPEG, optional shifted second JPEG; per-sample, batched, no sample loop.
 
     `host` is the same parameters on the CPU: it sizes the JPEG groups without reading the device (else `params`
-    is read once). `codec` picks the JPEG implementation (`pipeline.jpeg.resolve_codec`).
+    is read back, a few small reads: fine outside the training step). `codec` picks the JPEG implementation
+    (`pipeline.jpeg.resolve_codec`).
     """
     host = params if host is None else host
     sigma = params["sigma_255"].to(clean.dtype)[:, None, None, None]
