@@ -1,11 +1,15 @@
-"""Pack a folder tree of clean images into WebDataset shards: `python -m shards.pack SRC OUT`.
+"""Pack folder trees of clean images into WebDataset shards: `python -m shards.pack SRC [SRC ...] OUT`.
 
-Files are listed recursively and sorted, shuffled with the seed (DALI's reader shuffles only inside its
-`initial_fill` buffer, so shards must be pre-shuffled), validated and normalised (`shards.encode`), split into
-train/val, then cut into shards (`shards.writer.plan_shards`) and indexed for DALI. Unusable images and entries that
-cannot be read (dangling symlinks, symlink loops, unlistable folders) are skipped and listed in the manifest with a
-reason, files not named like images are listed as ignored; nothing is dropped silently. A folder with no usable
-image is refused (exit 1) with what was found there, and nothing is written.
+Each source folder is listed recursively and sorted, shuffled with the seed, validated and normalised
+(`shards.encode`, optionally box-downscaled) and split into train/val on its own, so a source's held-out images stay
+the same when other sources join it. The train samples of all sources are then shuffled together (DALI's reader
+shuffles only inside its `initial_fill` buffer, so shards must be pre-shuffled), cut into shards
+(`shards.writer.plan_shards`) and indexed for DALI. Unusable images and entries that cannot be read are skipped and
+listed in the manifest with a reason, files not named like images are listed as ignored; nothing is dropped
+silently. A source with no usable image is refused (exit 1) with what was found there.
+
+The new pack is built in a sibling folder and swapped in only when complete: a refused or interrupted re-pack
+leaves the previous shards as they were.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -71,9 +76,9 @@ def _relative(path: Path, src: Path) -> str:
         return str(path)
 
 
-def encode_all(src: Path, sources: list[str], min_side: int, max_pixels: int, workers: int) -> Iterator:
+def encode_all(src: Path, sources: list[str], min_side: int, max_pixels: int, downscale: int, workers: int) -> Iterator:
     """Encode files in the given order (a process pool when workers > 1; results keep the order)."""
-    job = partial(_encode_one, src=src, min_side=min_side, max_pixels=max_pixels)
+    job = partial(_encode_one, src=src, min_side=min_side, max_pixels=max_pixels, downscale=downscale)
     if workers <= 1:
         yield from map(job, sources)
         return
@@ -83,22 +88,26 @@ def encode_all(src: Path, sources: list[str], min_side: int, max_pixels: int, wo
         yield from pool.imap(job, sources, chunksize=4)
 
 
-def _encode_one(source: str, src: Path, min_side: int, max_pixels: int) -> Encoded | Skipped:
-    return encode_file(src / source, source, min_side, max_pixels)
+def _encode_one(source: str, src: Path, min_side: int, max_pixels: int, downscale: int) -> Encoded | Skipped:
+    return encode_file(src / source, source, min_side, max_pixels, downscale)
 
 
-def spool_samples(results: Iterator, total: int, spool: Path) -> tuple[list[dict], list[dict]]:
-    """Write encoded payloads to the spool folder; return kept sample records and skipped entries, in order."""
+def spool_samples(
+    results: Iterator, total: int, spool: Path, prefix: str = "", first: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Write encoded payloads to the spool folder, numbered from `first`; return kept sample records and skipped
+    entries, in order. `prefix` (a source's name when several are packed) is put before each source path."""
     kept: list[dict] = []
     skipped: list[dict] = []
     start = last_report = time.perf_counter()
     for done, result in enumerate(results, 1):
         if isinstance(result, Skipped):
-            skipped.append({"path": result.path, "reason": result.reason, "detail": result.detail})
+            skipped.append({"path": prefix + result.path, "reason": result.reason, "detail": result.detail})
         else:
-            payload = spool / f"{len(kept):07d}.{result.ext}"
+            payload = spool / f"{first + len(kept):07d}.{result.ext}"
             payload.write_bytes(result.data)
-            kept.append({"payload": payload, "ext": result.ext, "meta": result.meta, "bytes": len(result.data)})
+            meta = result.meta | {"source": prefix + result.meta["source"]}
+            kept.append({"payload": payload, "ext": result.ext, "meta": meta, "bytes": len(result.data)})
         now = time.perf_counter()
         if now - last_report >= 1.0 or done == total:
             rate = done / max(now - start, 1e-9)
@@ -137,7 +146,7 @@ def write_split(
 
 
 def pack(
-    src: str | Path,
+    src: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     val_fraction: float = 0.05,
@@ -146,43 +155,83 @@ def pack(
     min_shards: int = 8,
     min_side: int = 64,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    downscale: int | list[int] = 1,
     workers: int = 1,
 ) -> Manifest:
-    """Pack the images under `src` into shards in `out`; return the manifest (also written to OUT/manifest.json)."""
-    src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise NotADirectoryError(f"{src} is not a folder")
-    sources, ignored, unusable = scan_sources(src)
-    random.Random(seed).shuffle(sources)
-    if not sources:
-        raise ValueError(f"{src}: no image files to pack{_what_was_there(ignored, unusable)}")
-    clear_previous(out)
-    spool = out / SPOOL
+    """Pack the images under `src` (one folder or several; `downscale` one factor for all or one per folder) into
+    shards in `out`; return the manifest (also written to OUT/manifest.json)."""
+    sources = [Path(folder) for folder in ([src] if isinstance(src, (str, Path)) else src)]
+    factors = downscale if isinstance(downscale, list) else [downscale] * len(sources)
+    if len(factors) != len(sources) or min(factors) < 1:
+        raise ValueError(f"--downscale: one factor >= 1, or one per source ({len(sources)}), got {factors}")
+    out = Path(out)
+    check_previous(out)
+    staging = out.with_name(f".{out.name}.packing")
+    shutil.rmtree(staging, ignore_errors=True)  # what an interrupted pack left
+    spool = staging / SPOOL
     spool.mkdir(parents=True)
     try:
-        results = encode_all(src, sources, min_side, max_pixels, workers)
-        kept, skipped = spool_samples(results, len(sources), spool)
-        skipped += unusable
-        if not kept:
-            raise ValueError(f"{src}: none of its {len(sources)} image files can be used{_what_was_there([], skipped)}")
-        splits = split_samples(kept, val_fraction)
+        limits = (min_side, max_pixels, workers)
+        splits, skipped, ignored = spool_sources(sources, factors, spool, seed, val_fraction, *limits)
         max_bytes = int(max_shard_mb * 2**20)
-        shards = write_split(out, "train", splits["train"], 0, min_shards, max_bytes)
-        shards += write_split(out, "val", splits["val"], len(splits["train"]), min_shards, max_bytes)
+        shards = write_split(staging, "train", splits["train"], 0, min_shards, max_bytes)
+        shards += write_split(staging, "val", splits["val"], len(splits["train"]), min_shards, max_bytes)
+        shutil.rmtree(spool)
+        args: dict[str, Any] = {"val_fraction": val_fraction, "seed": seed, "max_shard_mb": max_shard_mb}
+        args |= {"min_shards": min_shards, "min_side": min_side, "max_pixels": max_pixels}
+        args |= {"source": str(sources[0])} if len(sources) == 1 else {"sources": [str(f) for f in sources]}
+        args |= {"downscale": factors[0] if len(set(factors)) == 1 else factors}
+        formats = Counter(sample["ext"] for split in splits.values() for sample in split)
+        image_format = {
+            "rule": STORE_RULE,
+            "png_compress_level": PNG_COMPRESS_LEVEL,
+            "counts": dict(sorted(formats.items())),
+        }
+        tool = {"name": "shards.pack", "version": tool_version(), "format_version": FORMAT_VERSION}
+        manifest = build_manifest(tool, args, image_format, splits, shards, skipped, ignored)
+        atomic_write(staging / MANIFEST, (manifest_text(manifest)).encode())
+        swap_in(staging, out)
     finally:
-        shutil.rmtree(spool, ignore_errors=True)
-    args: dict[str, Any] = {"val_fraction": val_fraction, "seed": seed, "max_shard_mb": max_shard_mb}
-    args |= {"min_shards": min_shards, "min_side": min_side, "max_pixels": max_pixels, "source": str(src)}
-    formats = Counter(sample["ext"] for sample in kept)
-    image_format = {
-        "rule": STORE_RULE,
-        "png_compress_level": PNG_COMPRESS_LEVEL,
-        "counts": dict(sorted(formats.items())),
-    }
-    tool = {"name": "shards.pack", "version": tool_version(), "format_version": FORMAT_VERSION}
-    manifest = build_manifest(tool, args, image_format, splits, shards, skipped, ignored)
-    atomic_write(out / MANIFEST, (manifest_text(manifest)).encode())
+        shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def spool_sources(
+    sources: list[Path],
+    factors: list[int],
+    spool: Path,
+    seed: int,
+    val_fraction: float,
+    min_side: int,
+    max_pixels: int,
+    workers: int,
+) -> tuple[dict[str, list[dict]], list[dict], list[str]]:
+    """Encode every source into the spool and split each on its own; the train samples of several sources are
+    shuffled together. Returns the splits, the skipped entries and the ignored files."""
+    splits: dict[str, list[dict]] = {"train": [], "val": []}
+    skipped: list[dict] = []
+    ignored: list[str] = []
+    for folder, factor in zip(sources, factors, strict=True):
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        prefix = f"{folder.name}/" if len(sources) > 1 else ""
+        files, others, unusable = scan_sources(folder)
+        random.Random(seed).shuffle(files)
+        if not files:
+            raise ValueError(f"{folder}: no image files to pack{_what_was_there(others, unusable)}")
+        results = encode_all(folder, files, min_side, max_pixels, factor, workers)
+        first = len(splits["train"]) + len(splits["val"])
+        kept, bad = spool_samples(results, len(files), spool, prefix, first)
+        bad += [entry | {"path": prefix + entry["path"]} for entry in unusable]
+        if not kept:
+            raise ValueError(f"{folder}: none of its {len(files)} image files can be used{_what_was_there([], bad)}")
+        for split, samples in split_samples(kept, val_fraction).items():
+            splits[split] += samples
+        skipped += bad
+        ignored += [prefix + name for name in others]
+    if len(sources) > 1:
+        random.Random(seed).shuffle(splits["train"])
+    return splits, skipped, ignored
 
 
 def _what_was_there(ignored: list[str], skipped: list[dict], show: int = 10) -> str:
@@ -233,20 +282,29 @@ def build_manifest(
     )
 
 
-def clear_previous(out: Path) -> None:
-    """Remove the files of an earlier pack in `out`; refuse a folder holding anything else."""
+def check_previous(out: Path) -> None:
+    """Refuse an `out` that is a file, or a folder holding anything but an earlier pack's files."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a shard folder")
     if not out.exists():
         return
     names = {MANIFEST}
     if (out / MANIFEST).is_file():
         for entry in read_manifest(out)["shards"]:
             names |= {entry["name"], entry["index"]}
-    leftovers = [p.name for p in out.iterdir() if p.name not in names and p.name != SPOOL]
+    leftovers = [p.name for p in out.iterdir() if p.name not in names]
     if leftovers:
         raise FileExistsError(f"{out} holds files that are not from an earlier pack: {sorted(leftovers)[:5]}")
-    shutil.rmtree(out / SPOOL, ignore_errors=True)
-    for name in names:
-        (out / name).unlink(missing_ok=True)
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Replace `out` by the complete pack in `staging`: two renames, the old pack removed last."""
+    retired = out.with_name(f".{out.name}.retired")
+    shutil.rmtree(retired, ignore_errors=True)
+    if out.exists():
+        os.replace(out, retired)
+    os.replace(staging, out)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def manifest_text(manifest: Manifest) -> str:
@@ -272,7 +330,7 @@ def print_summary(manifest: Manifest, seconds: float, show: int = 20) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Pack a folder of clean images into WebDataset tar shards.")
-    parser.add_argument("src", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("src", type=Path, nargs="+", help="folders of images (searched recursively)")
     parser.add_argument("out", type=Path, help="output shard folder (empty, or a previous shard folder)")
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
@@ -280,15 +338,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-shards", type=int, default=8, help="per split, when it has that many samples")
     parser.add_argument("--min-side", type=int, default=64, help="skip images whose shorter side is below this")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb guard")
+    parser.add_argument(
+        "--downscale", type=_factors, default=[1], help="box-downscale by k: one k, or one per source (1,2)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="decode/encode processes")
     return parser.parse_args(argv)
+
+
+def _factors(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     try:
-        manifest = pack(args.src, args.out, **{k: v for k, v in vars(args).items() if k not in ("src", "out")})
+        options = {k: v for k, v in vars(args).items() if k not in ("src", "out", "downscale")}
+        downscale = args.downscale if len(args.downscale) > 1 else args.downscale[0]
+        manifest = pack(args.src, args.out, downscale=downscale, **options)
     except (ValueError, NotADirectoryError, FileExistsError) as err:
         sys.exit(f"shards.pack: {err}")
     print_summary(manifest, time.perf_counter() - start)

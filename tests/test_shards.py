@@ -268,3 +268,42 @@ def test_synth_deterministic_and_natural(tmp_path):
     assert low > mid > high and low > 30 * high, "power falls with frequency, as in natural images"
     manifest = synth(tmp_path / "synth", 6, size=64, seed=5, val_fraction=0.0, min_shards=2)
     assert manifest["splits"]["train"]["samples"] == 6 and verify(tmp_path / "synth") == []
+
+
+def test_several_sources_keep_each_held_out_split_and_downscale_on_request(packed, tmp_path):
+    """A source's held-out images are the ones it has when packed alone; the second source is box-downscaled."""
+    src, out, images = packed
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(6):
+        Image.fromarray(natural_image(130 + i, 150, seed=50 + i)).save(other / f"o{i}.png")
+    both = tmp_path / "both"
+    pack([src, other], both, val_fraction=0.2, seed=3, min_shards=3, downscale=[1, 2], min_side=32)
+    alone = read_shards(out)
+    mixed = read_shards(both)
+    held_out = {s for s, (meta, _) in alone.items() if meta["split"] == "val"}
+    assert {s for s, (meta, _) in mixed.items() if meta["split"] == "val" and s.startswith("src/")} == {
+        f"src/{s}" for s in held_out
+    }
+    meta, data = mixed["other/o0.png"]
+    stored = decode_rgb8(data)
+    assert stored.shape == (65, 75, 3) and "box_downscale_2" in meta["conversion"]
+    expected = natural_image(130, 150, seed=50).reshape(65, 2, 75, 2, 3).mean(axis=(1, 3))
+    assert np.abs(stored.astype(float) - expected).max() <= 1  # Pillow's reduce: the 2 x 2 box mean, rounded
+
+
+def test_a_refused_repack_leaves_the_previous_shards_as_they_were(packed, tmp_path):
+    src, out, _ = packed
+    copy = tmp_path / "shards"
+    shutil.copytree(out, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"")
+    (bad / "b.jpg").write_text("hi")
+    with pytest.raises(ValueError, match="none of its 2 image files"):
+        pack(bad, copy)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "shards"]  # no staging folder left behind
+    pack(src, copy, val_fraction=0.2, seed=3, min_shards=3)  # a good re-pack replaces it
+    assert read_manifest(copy)["splits"] == read_manifest(out)["splits"]
