@@ -173,3 +173,26 @@ def _has_wandb() -> bool:
     except ImportError:
         return False
     return os.environ.get("WANDB_MODE", "offline") != "disabled"
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_from_any_step():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="wsd", decay_start=10**9)
+    assert lr_at(0, cfg, 10**9) == pytest.approx(0.1) and lr_at(10**6, cfg, 10**9) == 1.0  # the trunk: constant
+    cooled = OptimConfig(**{**vars(cfg), "decay_start": 500})  # a cooldown branch from step 500 to 600
+    assert [lr_at(s, cooled, 600) for s in (499, 500, 550, 600, 700)] == pytest.approx([1, 1, 0.55, 0.1, 0.1])
+
+
+def test_a_cooldown_branch_continues_the_trunk_at_its_step(shards, tmp_path):
+    """The campaign's cooldown: resume the trunk's checkpoint into a new folder with the decay starting at its step;
+    the branch's rate falls to near the floor, and the trunk's folder is left as it was."""
+    trunk = tmp_path / "trunk"
+    constant = tiny_config("optim.schedule=wsd", "optim.decay_start=1000000", "run.steps=1000000")
+    fit(constant, shards, trunk, stop_after=6)
+    before = (trunk / "last.pt").read_bytes()
+    branch = tiny_config("optim.schedule=wsd", "optim.decay_start=6", "run.steps=10")
+    fit(branch, shards, tmp_path / "cool", resume=trunk / "last.pt")
+    rows = [json.loads(line) for line in (tmp_path / "cool" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["lr"] for row in rows if "lr" in row]
+    assert load(tmp_path / "cool" / "last.pt")["step"] == 10 and (trunk / "last.pt").read_bytes() == before
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(lr_at(9, branch.optim, 10))
+    assert lrs[-1] < 0.5 * branch.optim.lr

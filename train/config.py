@@ -32,7 +32,9 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     warmup_steps: int = 200
-    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of lr
+    schedule: str = "cosine"  # after warmup: cosine to the floor at run.steps | wsd: constant, then linear decay
+    decay_start: int = 0  # wsd: the step the linear decay to the floor starts (run.steps or more: never)
+    min_lr_ratio: float = 0.01  # the floor, as a fraction of lr
     clip_grad_norm: float = 0.5  # 0 = off
     ema_decay: float = 0.999  # 0 = no EMA weights
 
@@ -64,7 +66,9 @@ class ValConfig:
     variants: int = 2  # degradations per val image
     batch_size: int = 8
     samples: int = 6  # rows of the degraded | restored | clean grid
-    sets: dict[str, str] = field(default_factory=dict)  # name: folder of photos validated besides the val split,
+    seed: int = 0  # the validation degradations' seed, apart from run.seed: runs of other seeds stay comparable
+    sets: dict[str, str] = field(default_factory=dict)  # name: folder of photos (or a shard folder's val split)
+    # validated besides the val split,
     # each reported on its own; best.pt is chosen on the mean PSNR over all of them (docs: weights/README.md)
 
 
@@ -168,6 +172,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
     choices = {
         "loss.kind": (cfg.loss.kind, ("l1", "charbonnier", "psnr")),
         "optim.lr_scaling": (cfg.optim.lr_scaling, ("none", "sqrt", "linear")),
+        "optim.schedule": (cfg.optim.schedule, ("cosine", "wsd")),
         "run.amp": (cfg.run.amp, ("auto", "off", "bf16", "fp16")),
         "log.wandb": (cfg.log.wandb, ("offline", "online", "off")),
     }

@@ -18,6 +18,7 @@ from pipeline.device import resolve_device
 from pipeline.health import DataSkipLimit
 from pipeline.jpeg import resolve_codec
 from pipeline.loader import make_loader
+from pipeline.shard_format import MANIFEST
 from pipeline.sync import OpCounter
 from pipeline.valset import ValSet, build_folder_valset, build_valset
 from train import distributed
@@ -75,11 +76,13 @@ def fit(
 
 
 def build_valsets(shards: Path, cfg: TrainConfig) -> dict[str, ValSet]:
-    """The shards' val split first (named after the shard folder), then each `val.sets` folder, in config order."""
-    args = (cfg.degrade, cfg.run.seed, cfg.val.crop, cfg.val.variants)
+    """The shards' val split first (named after the shard folder), then each `val.sets` folder, in config order: a
+    folder of photos, or a shard folder (holding a manifest) whose val split is used."""
+    args = (cfg.degrade, cfg.val.seed, cfg.val.crop, cfg.val.variants)
     valsets = {f"{shards.name} val": build_valset(shards, *args)}
     for name, folder in cfg.val.sets.items():
-        valsets[name] = build_folder_valset(folder, *args)
+        is_shards = (Path(folder) / MANIFEST).is_file()
+        valsets[name] = build_valset(folder, *args) if is_shards else build_folder_valset(folder, *args)
     return valsets
 
 

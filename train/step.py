@@ -36,15 +36,22 @@ def cpu_threads(cfg: TrainConfig, processes_per_node: int = 1) -> int:
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int, world_size: int = 1) -> float:
-    """Linear warmup to the peak, then cosine down to `peak * min_lr_ratio` at `total_steps` (pure, [nG] get_lr).
+    """The learning rate of `step` (pure): linear warmup to the peak, then either cosine down to
+    `peak * min_lr_ratio` at `total_steps`, or (`wsd`, warmup-stable-decay) the peak until `decay_start` and a
+    linear decay to the floor at `total_steps`: a run that may be continued at any step, and cooled from any step.
 
     The peak is `lr` scaled for `world_size` ranks by `cfg.lr_scaling` (x1, x sqrt(N) or x N; docs/scaling.md).
     """
     peak = cfg.lr * LR_SCALING[cfg.lr_scaling](world_size)
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
     floor = peak * cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        start = max(cfg.decay_start, cfg.warmup_steps)
+        if step < start or total_steps <= start:
+            return peak
+        return peak + (floor - peak) * min(1.0, (step - start) / (total_steps - start))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
