@@ -1,6 +1,9 @@
 """The shipped model's home: how it is trained, measured against the published figures, and written up.
 
-- `cpu.yaml`, `cpu_continue.yaml`, `gpu.yaml`: the release training configs (`python train/run.py --config ...`);
+- `campaign.py`: `python -m release.campaign start|status|cool|stop|ship`, the training campaign that never starts
+  over (docs/campaign.md): `campaign.yaml` its trunk's config, `workspace.py` its photos, shards and git, `ship.py`
+  the comparison with the shipped model and the hand-over;
+- `cpu.yaml`, `cpu_continue.yaml`, `gpu.yaml`: earlier phases' training configs (`train/run.py --config ...`);
 - `evaluate.py`: `python -m release.evaluate`, every published protocol on CBSD68 and Kodak24 -> docs/results and the
   results blocks of README.md and weights/README.md; `report.py` renders them; `published.json` holds the published
   anchor tables as data;
@@ -9,5 +12,6 @@
 - `gpu.sh`: the one command for a lent GPU machine (docs/gpu_release.md): `gpu_check.sh` (CUDA tests and benchmarks,
   judged by `gpu_summary.py`), then `gpu_release.sh` (calibrate, plan with `gpu_plan.py`, train, bring the model back).
 
-release/ sits on top: it imports evaluate, model, pipeline and train (through `train/__init__.py`); nothing imports it.
+release/ sits on top: it imports evaluate, model, pipeline, shards and train (through `train/__init__.py`); nothing
+imports it.
 """

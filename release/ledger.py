@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,8 +79,10 @@ def render_table(phases: list[dict]) -> str:
         "`docs/results/ledger.png`. Validation: the trainer's (real libjpeg, 192 px central crops, 2 degradations "
         "per image); `end` columns: each phase's kept weights measured on today's sets (`release.ledger measure`).",
         "",
-        "| phase | device | steps | patches | GPix | GPix total | training min | end: " + " / ".join(SETS_SHOWN) + " |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| phase | device | steps | patches | GPix | GPix total | training min | wall min | end: "
+        + " / ".join(SETS_SHOWN)
+        + " |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     total = 0.0
     for phase in phases:
@@ -88,7 +91,8 @@ def render_table(phases: list[dict]) -> str:
         figures = " / ".join(f"{end[s]:.2f}" if s in end else "-" for s in SETS_SHOWN)
         lines.append(
             f"| {phase['phase']} | {phase['device']} | {phase['steps']:,} | {phase['steps'] * phase['batch']:,} "
-            f"| {gpix(phase):.2f} | {total:.2f} | {phase['train_minutes']} | {figures} |"
+            f"| {gpix(phase):.2f} | {total:.2f} | {phase['train_minutes']} | {phase.get('wall_minutes', '-')} "
+            f"| {figures} |"
         )
     minutes = sum(p["train_minutes"] for p in phases)
     lines += ["", f"In all: {total:.2f} GPix of patches in {minutes / 60:.1f} hours of training.", "", END]
@@ -150,14 +154,32 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--config", type=Path, default=ROOT / "release" / "cpu_continue.yaml")
     sub.add_parser("render", help="plot and model card table")
     args = parser.parse_args(argv)
-    ledger = json.loads(LEDGER.read_text())
-    phases = {p["phase"]: p for p in ledger["phases"]}
     if args.action == "add":
-        entry = run_entry(args.run, args.phase, args.device, args.command) | {"weights": args.weights}
-        phases[args.phase] = phases.get(args.phase, {}) | entry
+        add_phase(args.phase, args.run, args.device, args.command, {"weights": args.weights})
     elif args.action == "measure":
-        phases[args.phase]["end"] = measure(args.model, args.shards, args.config)
-    ledger["phases"] = [phases[k] for k in sorted(phases)]
+        end = measure(args.model, args.shards, args.config)
+        render_all(lambda ledger: next(p for p in ledger["phases"] if p["phase"] == args.phase).update(end=end))
+    else:
+        render_all()
+
+
+def add_phase(phase: int, run_dir: Path, device: str, command: str, extra: dict) -> None:
+    """Add (or replace) a phase from its run folder, then render."""
+    entry = run_entry(run_dir, phase, device, command) | extra
+
+    def put(ledger: dict) -> None:
+        kept = [p for p in ledger["phases"] if p["phase"] != phase]
+        old: dict = next((p for p in ledger["phases"] if p["phase"] == phase), {})
+        ledger["phases"] = sorted([*kept, old | entry], key=lambda p: p["phase"])
+
+    render_all(put)
+
+
+def render_all(change: Callable[[dict], None] | None = None) -> None:
+    """Apply `change` to the ledger, write it, the plot and the model card's table."""
+    ledger = json.loads(LEDGER.read_text())
+    if change is not None:
+        change(ledger)
     LEDGER.write_text(json.dumps(ledger, indent=1) + "\n")
     plot(ledger["phases"], LEDGER.with_name("ledger.png"))
     replace_block(ROOT / "weights" / "README.md", render_table(ledger["phases"]), BEGIN, END)

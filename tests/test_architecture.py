@@ -24,7 +24,7 @@ ALLOWED = {
     "export": {"pipeline", "model"},
     "bench": {"pipeline", "model", "train", "evaluate", "infer", "export", "shards"},
     "demo": {"pipeline", "model", "infer", "evaluate"},
-    "release": {"pipeline", "model", "train", "evaluate"},  # the shipped model's configs, results, ledger, GPU run
+    "release": {"pipeline", "model", "train", "evaluate", "shards"},  # the shipped model's making; packs its data
 }
 TRAIN_PUBLIC = "train"  # outside train/, `from train import ...` only (the package's __init__)
 
