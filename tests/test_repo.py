@@ -47,6 +47,12 @@ def test_readme_names_the_two_fresh_machine_commands():
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_ci_lints_before_the_tests():
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    tests = lines.index("bash scripts/test.sh")
+    assert lines.index(".venv/bin/ruff check .") < tests and lines.index(".venv/bin/ruff format --check .") < tests
+
+
 def test_pillow_simd_is_the_loaded_pil_where_requested():
     if not (Path(sys.prefix) / "pillow-simd-requested").exists():
         pytest.skip("pillow-simd was not requested for this environment (ML_RESTORATION_PILLOW_SIMD=0)")
