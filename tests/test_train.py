@@ -196,3 +196,17 @@ def test_a_cooldown_branch_continues_the_trunk_at_its_step(shards, tmp_path):
     assert load(tmp_path / "cool" / "last.pt")["step"] == 10 and (trunk / "last.pt").read_bytes() == before
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(lr_at(9, branch.optim, 10))
     assert lrs[-1] < 0.5 * branch.optim.lr
+
+
+def test_a_log_file_gets_one_plain_line_per_log_step(shards, tmp_path):
+    """With stderr a file (not a terminal) the trainer writes no progress-bar redraws: a line per log step."""
+    log = tmp_path / "train.log"
+    command = [sys.executable, str(ROOT / "train" / "run.py"), "--shards", str(shards), "--out", str(tmp_path / "run")]
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    with log.open("w") as handle:
+        subprocess.run(command + sets, stdout=handle, stderr=subprocess.STDOUT, check=True, timeout=300)
+    text = log.read_text()
+    progress = [line for line in text.splitlines() if line.startswith("train ")]
+    assert "\r" not in text and "\x1b[" not in text
+    assert [line.split()[1] for line in progress] == [f"{step}/12" for step in range(2, 13, 2)]
+    assert all("loss=" in line and "img_s=" in line for line in progress)

@@ -1,5 +1,8 @@
 """Run logging: one JSON line per log step in RUN_DIR/metrics.jsonl, a progress bar, W&B (offline by default).
 
+The progress bar is drawn only on a terminal; when stderr is a file or a pipe, each log step prints one plain line
+instead (a redrawn bar would fill a log file with carriage-return updates).
+
 Per step only device tensors are kept (no sync); `flush` at log steps does the `.item()` calls, computes img/s,
 the data-wait share (time blocked on the loader / wall time of the window) and degradation statistics.
 With several DDP ranks every rank keeps its losses and calls `flush` (the loss is averaged over ranks there, so all
@@ -58,6 +61,34 @@ class DeviceClock:
         return seconds
 
 
+class LineProgress:
+    """tqdm's interface for a log file: `set_postfix` (called once per log step) prints one plain line."""
+
+    def __init__(self, total: int, initial: int, desc: str):
+        self.total, self.n, self.desc, self.start = total, initial, desc, time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **values: object) -> None:
+        fields = " ".join(f"{key}={value}" for key, value in values.items())
+        elapsed_s = time.perf_counter() - self.start
+        print(f"{self.desc} {self.n}/{self.total} {elapsed_s:.0f}s {fields}", file=sys.stderr, flush=True)
+
+    def write(self, text: str) -> None:
+        print(text, flush=True)  # as tqdm.write: stdout
+
+    def close(self) -> None:
+        """Nothing to clear: every line is already complete."""
+
+
+def progress(total: int, initial: int, desc: str) -> tqdm | LineProgress:
+    """A tqdm bar on a terminal, else one plain line per log step."""
+    if sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr)
+    return LineProgress(total, initial, desc)
+
+
 class RunLogger:
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, start_step: int, device: torch.device, env: DistEnv | None = None
@@ -73,7 +104,7 @@ class RunLogger:
         self.run_dir = run_dir
         _keep_rows_up_to(run_dir / "metrics.jsonl", start_step)  # a resumed run rewrites what came after its checkpoint
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
-        self.bar = tqdm(total=cfg.run.steps, initial=start_step, desc="train", dynamic_ncols=True, file=sys.stderr)
+        self.bar = progress(cfg.run.steps, start_step, "train")
         self.warned: set[str] = set()
         self.wandb = _start_wandb(cfg, run_dir)
         ranks = f", {self.env.world_size} ranks (DDP)" if self.env.world_size > 1 else ""
