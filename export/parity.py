@@ -1,9 +1,8 @@
 """What every exporter shares: the model being exported (`Source`), its metadata, and the parity check.
 
 Parity runs the exported file and eager PyTorch on the same input of `PARITY_SHAPE`, whose height and width are not
-multiples of any model stride (so the padding path is exercised), and fails above a tolerance ([timm]
-`onnx_export(check_forward=True)`). Files are written under a temporary name and renamed only after they pass, so
-a failed export never replaces a good file.
+multiples of any model stride (so the padding path is exercised), and fails above a tolerance. Files are written
+under a temporary name and renamed only after they pass, so a failed export never replaces a good file.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ and declares:
 - `float32_modules()`: the submodules that stay float32 when the rest runs in fp16 (`float32_modules`).
 
 Checkpoints written by the trainer are one dict
-`{"model": state_dict, "model_name": str, "model_kwargs": dict, "ema": state_dict | None, ...}` (STYLE.md section 4);
+`{"model": state_dict, "model_name": str, "model_kwargs": dict, "ema": state_dict | None, ...}`;
 `load_model(path)` rebuilds the model from that alone. Nothing here downloads anything.
 """
 

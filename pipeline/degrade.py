@@ -1,6 +1,6 @@
 """Degradation on the device: Gaussian noise, then 8-bit quantisation, then JPEG (once or twice).
 
-Contract (STYLE.md section 3): `degraded = degrade(clean, params)` with
+Contract: `degraded = degrade(clean, params)` with
 - `clean`: (N, 3, H, W) float32 RGB in [0, 1] on any device; it is never modified;
 - `params` from `sample_params` (or built by hand), all (N,) tensors on the same device:
   `sigma_255` float (0 = no noise), `quality` int (0 = no JPEG), `subsampling` int (`jpeg.SUBSAMPLING` codes),

@@ -1,6 +1,6 @@
 """`make_loader`: the one entry point to training data; picks the DALI or torch backend.
 
-Contract (STYLE.md section 3, produced here): an infinite iterator of `clean` batches, (N, 3, P, P) float32 RGB
+Contract (produced here): an infinite iterator of `clean` batches, (N, 3, P, P) float32 RGB
 in [0, 1] on `device`, N = `cfg.batch_size`, P = `cfg.patch_size`. Both backends yield exactly this, so the
 trainer cannot tell them apart; it counts iterations, never epochs. Damaged shards and samples are left out and
 counted, and the run stops only past `cfg.max_bad_share` (`pipeline.health`).

@@ -4,7 +4,7 @@ A map-style `GroupImages` dataset turns (group, image) into that image's `crops_
 (decoded with `pipeline.io.decode_rgb8`, cut, mirrored and turned with numpy); `GroupSampler` asks for the
 `batch_size` images of each step group in order, from the group of the start step on, so workers decode in parallel
 and batches stay in step order. The main process moves whole uint8 groups to the device, converts them there
-([DALI] `fast_collate`: 4x less host-to-device traffic than float32) and yields patch c of every image as step c of
+(uint8 is 4x less host-to-device traffic than float32) and yields patch c of every image as step c of
 the group. Starting at step k reads one group, as starting at step 0 does: resume costs the same at any step.
 
 Damaged data is skipped, not fatal (`pipeline.health`): a sample whose bytes do not read or decode is counted and
