@@ -232,7 +232,7 @@ def test_count_params_and_macs_are_plausible():
     assert count_params(resnet) == conv_weights + conv_biases
     assert macs_per_megapixel(resnet) == pytest.approx(conv_weights * 1e6, rel=1e-6)
     nafnet = create_model("nafnet")
-    assert 1.0e6 < count_params(nafnet) < 1.3e6  # NOTES.md: ~1.14M for the default
+    assert 1.0e6 < count_params(nafnet) < 1.3e6  # ~1.14M for the default
     assert 5e9 < macs_per_megapixel(nafnet) < 50e9
     assert nafnet.training  # measuring leaves the mode as it was
 

@@ -1,4 +1,4 @@
-"""The training step never reads the device, and launches a bounded number of ops (issue 13's sync-free step)."""
+"""The training step never reads the device, and launches a bounded number of ops (a sync-free step)."""
 
 from __future__ import annotations
 
