@@ -9,8 +9,9 @@
   anchor tables as data;
 - `valsets.py`: `python -m release.valsets`, checkpoints side by side on the validation sets (the model card's table);
 - `ledger.py`: `python -m release.ledger`, the training ledger of the shipped model, phase by phase;
-- `gpu.sh`: the one command for a lent GPU machine (docs/gpu_release.md): `gpu_check.sh` (CUDA tests and benchmarks,
-  judged by `gpu_summary.py`), then `gpu_release.sh` (calibrate, plan with `gpu_plan.py`, train, bring the model back).
+- `gpu.sh`: train and measure on a CUDA machine within a time budget (docs/gpu_release.md): `gpu_check.sh` (CUDA
+  tests and benchmarks, judged by `gpu_summary.py`), then `gpu_release.sh` (calibrate, plan with `gpu_plan.py`, train,
+  collect the model).
 
 release/ sits on top: it imports evaluate, model, pipeline, shards and train (through `train/__init__.py`); nothing
 imports it.

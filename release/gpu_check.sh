@@ -1,47 +1,51 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 8 minutes: `bash release/gpu_check.sh OUTDIR [--dry-run | --rehearse]`.
+# Check a CUDA machine and measure the project on it within a time budget:
+#   bash release/gpu_check.sh OUTDIR [--budget-s S] [--skip PART,...] [--batches B,...] [--dry-run | --rehearse]
 #
-# On a CUDA machine it runs, each part under its own `timeout` and all inside GPU_CHECK_BUDGET_S (default 470 s):
-#   env          python -m bench.env (what the machine offers; env.json)
+# On a CUDA machine it runs, each part under its own `timeout` and all inside --budget-s (default 470 s):
+#   env          python -m bench env (what the machine offers; env.json)
 #   tests_cuda   pytest -m cuda with TORCH_DEVICE=cuda (exit 5 = no test carries the marker)
 #   tests_device the device-parametrised tests (degradation, loaders, model) with TORCH_DEVICE=cuda
 #   dali_mixed   the DALI loader tests on CUDA, i.e. the `mixed` decoder (if DALI imports; else why not)
-#   degrade_*    bench.degrade_step: the trainer's degradation call vs Pillow (eager codecs; then compiled, whose
-#                cold compile may need most of its 100 s), ops per call
-#   step         bench.step: the release training step per batch size, ops, kernel-busy share, chosen batch
-#   degradation  bench.suite: device MPix/s vs Pillow/libjpeg on this machine's cores (degradation.json)
-#   training     bench.suite: a short training per loader backend, data-wait share, loader ceiling (training.json)
-#   scaling      bench.suite: pipeline stages and the scaling curves (scaling.json, scaling.png)
-#   infer        python -m bench.infer --quick (if bench/infer.py exists)
+#   degrade_*    python -m bench degradation: the trainer's degradation call vs Pillow (eager codecs; then compiled,
+#                whose cold compile may need most of its 100 s), ops per call
+#   step         python -m bench step: the release training step per batch size (--batches, default
+#                32,64,128,256), ops, kernel-busy share, chosen batch
+#   degradation  python -m bench suite: device MPix/s vs Pillow/libjpeg on this machine's cores (degradation.json)
+#   training     python -m bench suite: a short training per loader backend, data-wait share, loader ceiling
+#   scaling      python -m bench suite: pipeline stages and the scaling curves (scaling.json, scaling.png)
+#   infer        python -m bench infer --quick
 # then `python -m release.gpu_summary OUTDIR` prints each part's status and the measurements against the targets
 # (data-wait share <= 2%, degradation >= 10x the CPU pool) into OUTDIR/summary.md. Logs: OUTDIR/<part>.log.
+# --skip leaves parts out (e.g. tests_cuda,tests_device when rerunning only the benchmarks).
 # Without CUDA it writes env.json and a summary saying CUDA is absent, and exits 0. --dry-run prints the plan and runs
-# nothing; --rehearse runs every part on the CPU (TORCH_DEVICE=cpu), to try the script before spending GPU time.
+# nothing; --rehearse runs every part on the CPU (TORCH_DEVICE=cpu), to try the script before a GPU run.
 #
 # Environment: PYTHON (default .venv/bin/python if present, else python3); SHARDS (a packed shard folder; default
-# data/cbsd432 if present, else 240 generated dead-leaves images); GPU_CHECK_BUDGET_S; GPU_CHECK_SKIP (part names to
-# leave out, e.g. "tests_cuda,tests_device" when rerunning only the benchmarks). A `.whl/` folder of wheels
-# in the repository root (no registry on the machine) is installed first with pip --no-index into a scratch
-# folder on PYTHONPATH; the repository itself goes on PYTHONPATH (no install needed).
+# data/cbsd432 if present, else 240 generated dead-leaves images). On a machine without a package index, wheels in
+# `.whl/` at the repository root are installed first with pip --no-index into a scratch folder on PYTHONPATH; the
+# repository itself goes on PYTHONPATH (no install needed).
 set -uo pipefail
 
-usage() { sed -n '2,3p' "$0" | sed 's/^# //'; exit 2; }
-out="" dry=0 device=cuda
-for arg in "$@"; do
-  case "$arg" in
+usage() { sed -n '3p' "$0" | sed 's/^#  */usage: /'; exit 2; }
+out="" dry=0 device=cuda budget_s=470 skip_parts="" batches=32,64,128,256
+while [ $# -gt 0 ]; do
+  case "$1" in
     --dry-run) dry=1 ;;
     --rehearse) device=cpu ;;
+    --budget-s) budget_s="${2:?--budget-s needs seconds}"; shift ;;
+    --skip) skip_parts="${2:?--skip needs part names}"; shift ;;
+    --batches) batches="${2:?--batches needs sizes}"; shift ;;
     -h | --help) usage ;;
-    -*) echo "unknown option $arg" >&2; usage ;;
-    *) out="$arg" ;;
+    -*) echo "unknown option $1" >&2; usage ;;
+    *) out="$1" ;;
   esac
+  shift
 done
 [ -n "$out" ] || usage
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo" || exit 1
-budget_s="${GPU_CHECK_BUDGET_S:-470}"
-GPU_CHECK_SKIP="${GPU_CHECK_SKIP:-}"
 . "$repo/release/lib.sh"
 py="$(repo_python "$repo")"
 has_timeout=0
@@ -63,15 +67,15 @@ part() {  # part NAME BUDGET_S COMMAND...: run COMMAND under a timeout, log to O
   local name=$1 limit=$2
   shift 2
   local left=$((budget_s - (SECONDS - start_s)))
-  case " ${GPU_CHECK_SKIP//,/ } " in
-    *" $name "*) skip "$name" "named in GPU_CHECK_SKIP"; return 0 ;;
+  case " ${skip_parts//,/ } " in
+    *" $name "*) skip "$name" "named in --skip"; return 0 ;;
   esac
   if [ "$dry" = 1 ]; then
     echo "[dry-run] $name (at most ${limit}s): $(printf '%q ' "$@")"
     return 0
   fi
   if [ "$left" -lt 20 ]; then
-    record "$name" skipped - 0 "out of time (GPU_CHECK_BUDGET_S=$budget_s)"
+    record "$name" skipped - 0 "out of time (--budget-s $budget_s)"
     return 0
   fi
   [ "$limit" -gt "$left" ] && limit=$left
@@ -109,7 +113,7 @@ fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 
-part env 60 "$py" -m bench.env --out "$out/env.json"
+part env 60 "$py" -m bench env --out "$out/env.json"
 if [ "$dry" = 0 ] && [ "$device" = cuda ] && ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)" 2>/dev/null; then
   echo "[gpu_check] CUDA is absent (torch.cuda.is_available() is False, or torch does not import): nothing to check"
   record cuda skipped - 0 "CUDA is absent"
@@ -149,22 +153,16 @@ if [ -n "$missing" ]; then
     skip "$name" "missing Python modules: $missing (carry their wheels in .whl/)"
   done
 else
-  suite=("$py" -m bench.suite --quick --device "$device" --shards "$shards")
-  threads="$(nproc 2>/dev/null || echo 1)"
-  part degrade_eager 45 "$py" -m bench.degrade_step --device "$device" --codecs float64,int32 --batch 128 \
-    --threads "$threads" --out "$out/degrade_eager.json"
-  part degrade_compiled 100 "$py" -m bench.degrade_step --device "$device" --codecs compiled --batch 128 \
-    --threads "$threads" --out "$out/degrade_compiled.json"
-  part step 120 "$py" -m bench.step --config release/gpu.yaml --batches "${GPU_CHECK_BATCHES:-32,64,128,256}" \
-    --steps 10 --device "$device" --out "$out/step.json"
+  suite=("$py" -m bench suite --quick --device "$device" --shards "$shards")
+  degrade=("$py" -m bench degradation --device "$device" --batches 128 --threads "$(nproc 2>/dev/null || echo 1)")
+  part degrade_eager 45 "${degrade[@]}" --codecs float64,int32 --out "$out/degrade_eager.json"
+  part degrade_compiled 100 "${degrade[@]}" --codecs compiled --out "$out/degrade_compiled.json"
+  part step 120 "$py" -m bench step --config release/gpu.yaml --batches "$batches" --steps 10 --device "$device" \
+    --out "$out/step.json"
   part degradation 60 "${suite[@]}" --sections degradation --out "$out/degradation.json"
   part training 90 "${suite[@]}" --sections training --out "$out/training.json"
   part scaling 75 "${suite[@]}" --sections stages,scaling --out "$out/scaling.json"
-  if [ -f bench/infer.py ]; then
-    part infer 90 "$py" -m bench.infer --quick --device "$device" --out "$out/infer.json"
-  else
-    skip infer "bench/infer.py is not in this checkout"
-  fi
+  part infer 90 "$py" -m bench infer --quick --device "$device" --out "$out/infer.json"
 fi
 
 if [ "$dry" = 1 ]; then

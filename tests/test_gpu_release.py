@@ -57,17 +57,11 @@ def test_rehearsal_trains_and_brings_back_every_file(tmp_path):
         Image.fromarray(natural_image(72, 80, seed=900 + i)).save(tmp_path / "src" / f"{i}.png")
     pack(tmp_path / "src", tmp_path / "shards", val_fraction=0.2, seed=0, min_shards=2)
     out = tmp_path / "out"
-    done = _release(
-        out,
-        "--rehearse",
-        GPU_RELEASE_SHARDS=str(tmp_path / "shards"),
-        GPU_RELEASE_TRAIN_S="12",
-        GPU_RELEASE_CAL_STEPS="4",
-        TMPDIR=str(tmp_path),
-    )
+    budgets = ["--shards", str(tmp_path / "shards"), "--train-s", "12", "--cal-steps", "4"]
+    done = _release(out, "--rehearse", *budgets, TMPDIR=str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     files = {p.name: p.stat().st_size for p in out.iterdir()}
-    assert len(files) <= 8 and max(files.values()) <= MAX_BYTES  # what the device tool brings back
+    assert len(files) <= 8 and max(files.values()) <= MAX_BYTES  # a few files, each within --max-file-mib 16
     expected = {
         "model-fp16.pt",
         "last-fp32.pt",
@@ -89,10 +83,13 @@ def test_rehearsal_trains_and_brings_back_every_file(tmp_path):
 
 
 def test_one_gpu_command_parses_and_explains_itself():
-    """release/gpu.sh (check, then release, packed into few files) is valid bash and refuses a call without OUTDIR."""
+    """release/gpu.sh (check, then release, packed into few files) is valid bash, refuses a call without OUTDIR
+    or with an unknown option, and its help names the budgets."""
     gpu = ROOT / "release" / "gpu.sh"
     assert subprocess.run(["bash", "-n", str(gpu)], capture_output=True).returncode == 0
     done = subprocess.run(["bash", str(gpu)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "usage: bash release/gpu.sh OUTDIR" in done.stderr
     helped = subprocess.run(["bash", str(gpu), "--help"], capture_output=True, text=True, timeout=30)
-    assert helped.returncode == 2 and "reports.tar.gz" in helped.stdout
+    assert helped.returncode == 2 and "reports.tar.gz" in helped.stdout and "--budget-s S" in helped.stdout
+    bad = subprocess.run(["bash", str(gpu), "out", "--budget"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown option --budget" in bad.stderr
