@@ -14,8 +14,8 @@ Checkpoints written by the trainer are one dict
 
 from __future__ import annotations
 
+import inspect
 import os
-import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.blocks import NAFBlock
+from model.files import CheckpointError, read_checkpoint, with_checksum
 from model.nafnet import NAFNet
 from model.resnet import ResNet
 
@@ -41,6 +42,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name with its keyword arguments (e.g. `create_model("nafnet", width=32)`)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    try:
+        inspect.signature(MODELS[name]).bind(**kwargs)  # a wrong keyword is a config mistake, not a bug
+    except TypeError as err:
+        raise ValueError(f"model {name!r} does not take these arguments {kwargs}: {err}") from None
     return MODELS[name](**kwargs)
 
 
@@ -129,17 +134,7 @@ def load_model(
     `{"params": ..., "params_ema": ...}` (`params_ema` preferred when `use_ema`); (c) a bare state dict. For (b) and
     (c) the caller passes `name` and `kwargs`. Wrapper prefixes are stripped; loading is strict.
     """
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} holds objects other than tensors and plain containers; refusing to unpickle it "
-            f"(loaded with weights_only=True). Re-save it with plain state dicts. Detail: {err}"
-        ) from err
-    except FileNotFoundError:
-        raise
-    except (EOFError, OSError, RuntimeError) as err:  # zero bytes, cut short (an interrupted copy), not a torch file
-        raise ValueError(f"{path} is not a readable checkpoint (empty, truncated or damaged): {err}") from err
+    checkpoint = read_checkpoint(path, map_location)  # refuses code, damage and a checksum that differs
     state, saved_name, saved_kwargs = select_state(checkpoint, use_ema)
     name = name if name is not None else saved_name
     kwargs = kwargs if kwargs is not None else saved_kwargs
@@ -195,7 +190,7 @@ def warm_start(model: nn.Module, path: str | os.PathLike, new_prefixes: tuple[st
     deeper one from a shallower one: keys under `new_prefixes`, and whole NAFBlocks the file lacks, may be missing
     (they keep their initialisation, the identity, so the loaded model's function is unchanged); any other mismatch
     fails. Returns the keys that kept their initialisation."""
-    state, _, _ = select_state(torch.load(path, map_location="cpu", weights_only=True), use_ema=True)
+    state, _, _ = select_state(read_checkpoint(path), use_ema=True)
     state = strip_prefixes(state)
     try:
         result = model.load_state_dict(state, strict=False)
@@ -219,6 +214,7 @@ def _new_blocks(model: nn.Module, state: dict[str, Any]) -> tuple[str, ...]:
 
 __all__ = [
     "MODELS",
+    "CheckpointError",
     "NAFNet",
     "SHIPPED_MODEL",
     "ResNet",
@@ -227,6 +223,8 @@ __all__ = [
     "load_model",
     "macs_per_megapixel",
     "model_state",
+    "read_checkpoint",
     "unwrap",
     "warm_start",
+    "with_checksum",
 ]
