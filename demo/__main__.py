@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 
 from demo.core import DEFAULT_MAX_PIXELS
 from infer.backends import PRECISIONS, open_backend
 from infer.runtime import RUNTIMES
+from pipeline.command import run_command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,4 +56,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m demo"))

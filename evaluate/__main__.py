@@ -3,5 +3,6 @@
 import sys
 
 from evaluate.cli import main
+from pipeline.command import run_command
 
-sys.exit(main())
+sys.exit(run_command(main, "python -m evaluate"))

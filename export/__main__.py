@@ -14,6 +14,7 @@ from export.calibration import CalibrationError
 from export.parity import ExportError, load_source
 from export.trt_plan import TARGETS, PlanError, make_profile, parse_shape
 from model import SHIPPED_MODEL
+from pipeline.command import run_command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,4 +100,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m export"))

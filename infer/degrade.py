@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.command import run_command
 from pipeline.io import ImageError, load_rgb8, save_png
 from pipeline.reference import SUBSAMPLING_NAMES, degrade_reference
 
@@ -81,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m infer.degrade"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from infer.backends import open_backend
 from infer.tiling import restore
 from model.pooling import stats_plan
+from pipeline.command import run_command
 from pipeline.io import IMAGE_SUFFIXES, load_rgb8, to_tensor
 from pipeline.reference import degrade_reference
 
@@ -137,4 +139,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m infer.measure_tiling"))

@@ -8,12 +8,14 @@ PSNR between the two in the label ("exact" when every pixel agrees).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from pipeline.command import run_command
 from pipeline.degrade import degrade
 from pipeline.io import pil_jpeg, to_rgb8_array, to_tensor
 from pipeline.valset import center_crop, read_split_images
@@ -65,12 +67,12 @@ def render(images: list[np.ndarray], patch: int) -> Image.Image:
     return canvas
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--patch", type=int, default=128, help="crop size of each tile, pixels")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     images = read_split_images(args.shards, "train", limit=len(SIGMAS_255))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     render(images, args.patch).save(args.out)
@@ -78,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m pipeline.preview"))

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import cast
 
@@ -29,6 +30,7 @@ from evaluate.report import jsonable, write_outputs
 from evaluate.results import EvalResult
 from evaluate.strength import strength_figure
 from model import SHIPPED_MODEL, count_params, is_conditioned, macs_per_megapixel
+from pipeline.command import run_command
 from pipeline.io import load_rgb8
 from release.report import render, replace_block
 from release.results import Bm3dCell, Bm3dSummary, CachedRun, CheckRow, ReleaseSummary
@@ -248,4 +250,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m release.evaluate"))

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from evaluate.cli import list_images, load_model_arg
+from pipeline.command import run_command
 from release.evaluate import ROOT, display_path, load_set, run, sha256
 from release.report import replace_block
 
@@ -96,4 +98,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m release.valsets"))

@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pipeline.command import run_command
 from pipeline.shard_format import Manifest
 from shards.pack import pack
 
@@ -210,4 +211,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m shards.fetch"))

@@ -29,6 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, cast
 
+from pipeline.command import run_command
 from pipeline.io import DEFAULT_MAX_PIXELS
 from pipeline.scan import scan_folder
 from pipeline.shard_format import (
@@ -362,4 +363,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m shards.pack"))

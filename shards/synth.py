@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.command import run_command
 from pipeline.io import save_png
 from pipeline.shard_format import Manifest
 from shards.pack import pack
@@ -184,4 +185,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m shards.synth"))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.command import run_command
 from pipeline.io import decode_rgb8
 from pipeline.shard_format import IMAGE_EXTS, META_EXT, ShardEntry, dali_index, read_manifest, sample_key
 
@@ -136,4 +137,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m shards.verify"))
