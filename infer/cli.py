@@ -17,12 +17,24 @@ import torch
 from tqdm import tqdm
 
 from infer.backends import PRECISIONS, Backend, open_backend, set_cpu_threads
-from infer.files import Job, Loaded, collect_inputs, describe_error, plan_outputs, read_image, write_png
+from infer.files import (
+    Job,
+    Loaded,
+    already_done,
+    check_out_dir,
+    collect_inputs,
+    describe_error,
+    plan_outputs,
+    read_image,
+    source_tag,
+    write_png,
+)
 from infer.runtime import RUNTIMES
 from infer.tiling import DEFAULT_OVERLAP, check_tile, restore
 from model import SHIPPED_MODEL
 from model.condition import encode_condition
 from model.pooling import stats_plan
+from pipeline.command import one_line
 from pipeline.io import to_rgb8_array, to_tensor
 
 EPILOG = """examples:
@@ -92,14 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    pairs, failures = collect_inputs(args.inputs)
     try:
+        check_out_dir(args.out, pairs, args.inputs)  # before the model opens: nothing runs for outputs that fail
         backend, condition = _open(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, ImportError, RuntimeError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
-    pairs, failures = collect_inputs(args.inputs, exclude=args.out)
     jobs, notes = plan_outputs(pairs, args.out)
-    todo = [job for job in jobs if not (args.skip_existing and job.output.exists())]
+    todo = [job for job in jobs if not (args.skip_existing and already_done(job, args.out))]
     for line in [f"note: {note}" for note in notes] + [f"failed: {failure}" for failure in failures]:
         print(line, file=sys.stderr)
     written = 0
@@ -187,7 +200,8 @@ def _flush(
         return
     for (job, loaded), image in zip(group, restored, strict=True):
         try:
-            write_png(to_rgb8_array(image), job.output, loaded.icc_profile, loaded.exif)
+            tag = source_tag(job, args.out)
+            write_png(to_rgb8_array(image), job.output, loaded.icc_profile, loaded.exif, tag)
         except OSError as err:
             bar.update(1)
             yield job, f"cannot write {job.output}: {err.strerror or err}"

@@ -13,6 +13,7 @@ that output removes what a killed job left behind (`.NAME.*.partial`).
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import tempfile
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from pipeline.io import IMAGE_SUFFIXES, explain_error, input_notes, open_image, to_rgb8
 from pipeline.scan import scan_folder, unusable_entry
 
 EXIF_ORIENTATION_TAG = 0x0112
+SOURCE_KEY = "restored-from"  # PNG text chunk: which input an output was made from
 
 
 @dataclass(frozen=True)
@@ -97,20 +100,69 @@ def _glob_matches(pattern: str, failures: list[str]) -> list[tuple[Path, Path]]:
 
 
 def plan_outputs(pairs: list[tuple[Path, Path]], out_dir: Path) -> tuple[list[Job], list[str]]:
-    """One job per input; two inputs that would share an output name (`a.jpg` and `a.png`) are told apart by
-    `-2`, `-3`... on the later ones, with a note. The naming depends only on the inputs, so reruns agree."""
+    """One job per input, each with an output of its own. An input is `NAME.png` under OUT; where inputs share a
+    name but for the suffix (`a.png`, `a.jpg`), a `.png` input keeps `a.png` and the others carry their suffix
+    (`a.jpg.png`), with a note; so adding `a.jpg` next to `a.png` never renames `a.png`'s output."""
+    groups: dict[Path, list[Path]] = {}
+    for _, relative in pairs:
+        groups.setdefault(relative.with_suffix(".png"), []).append(relative)
     jobs, notes, taken = [], [], set()
     for source, relative in pairs:
         output = out_dir / relative.with_suffix(".png")
+        if len(groups[relative.with_suffix(".png")]) > 1 and relative.suffix != ".png":
+            output = out_dir / relative.with_name(f"{relative.name}.png")
         counter = 2
-        while output in taken:
+        while output in taken:  # the same relative path under two arguments
             output = out_dir / relative.with_name(f"{relative.stem}-{counter}.png")
             counter += 1
-        if counter > 2:
-            notes.append(f"{source}: its output name was taken by another input; writing {output}")
+        if output.name != relative.with_suffix(".png").name:
+            notes.append(f"{source}: another input has the same name; writing {output}")
         taken.add(output)
         jobs.append(Job(source, output))
     return jobs, notes
+
+
+def source_tag(job: Job, out_dir: Path) -> str:
+    """What an output records of its input (`SOURCE_KEY`): the output's name under OUT and the input's file name,
+    never a full path (outputs get shared)."""
+    return f"{job.output.relative_to(out_dir).as_posix()} <- {job.source.name}"
+
+
+def already_done(job: Job, out_dir: Path) -> bool:
+    """For --skip-existing: the output exists and was made from this input (or records no input: a file someone
+    put there by hand is theirs to keep)."""
+    if not job.output.is_file():
+        return False
+    try:
+        with Image.open(job.output) as img:
+            recorded = img.info.get(SOURCE_KEY)
+    except (OSError, SyntaxError, ValueError):
+        return False  # damaged: restore it again
+    return recorded is None or recorded == source_tag(job, out_dir)
+
+
+def check_out_dir(out_dir: Path, pairs: list[tuple[Path, Path]], arguments: list[str]) -> None:
+    """Refuse, before any work, an --out that is a file, cannot be written, holds inputs or lies in an input folder
+    (outputs would mix with the originals, or replace a PNG input)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder: choose a folder (it is created)")
+    existing = next((p for p in [out_dir, *out_dir.parents] if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "cannot write here (--out)", str(existing))
+    resolved = out_dir.resolve()
+    inside = [source for source, _ in pairs if resolved in source.resolve().parents]
+    if inside:
+        raise ValueError(
+            f"--out {out_dir} holds {len(inside)} of the inputs (e.g. {inside[0]}): the restored files would mix with "
+            "the originals (a PNG would be replaced); choose an --out outside the inputs"
+        )
+    for argument in arguments:
+        folder = Path(argument)
+        if folder.is_dir() and (resolved == folder.resolve() or folder.resolve() in resolved.parents):
+            raise ValueError(
+                f"--out {out_dir} lies inside the input folder {argument}: a later run would take the restored files "
+                "as inputs; choose an --out outside it"
+            )
 
 
 def read_image(path: Path) -> Loaded:
@@ -134,10 +186,16 @@ def describe_error(err: Exception) -> str:
     return explain_error(err)
 
 
-def write_png(rgb8: np.ndarray, path: Path, icc_profile: bytes | None = None, exif: bytes | None = None) -> None:
-    """Write `(H, W, 3)` uint8 RGB as PNG atomically (temporary file in the same folder, fsync, rename)."""
+def write_png(
+    rgb8: np.ndarray, path: Path, icc_profile: bytes | None = None, exif: bytes | None = None, source: str = ""
+) -> None:
+    """Write `(H, W, 3)` uint8 RGB as PNG atomically (temporary file in the same folder, fsync, rename); `source`
+    goes in a text chunk (`SOURCE_KEY`) that --skip-existing reads."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    extra = {k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v}
+    extra: dict = {k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v}
+    if source:
+        extra["pnginfo"] = PngInfo()
+        extra["pnginfo"].add_text(SOURCE_KEY, source)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(handle, "wb") as stream:

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +157,10 @@ def test_infer_restores_every_readable_file_and_names_each_broken_one(zoo, check
     command = [sys.executable, "-m", "infer", str(folder), "--out", str(out), "--model", str(checkpoint)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr  # non-zero only because of the broken files
+    stems = Counter(Path(name).stem for name in sizes)  # photo.webp, photo.avif...: each keeps its suffix
     for name, size in sizes.items():
-        written = out / Path(name).with_suffix(".png")
+        shared = stems[Path(name).stem] > 1 and Path(name).suffix != ".png"
+        written = out / (f"{name}.png" if shared else Path(name).with_suffix(".png"))
         assert written.is_file(), f"{name} was not restored:\n{done.stderr}"
         with Image.open(written) as img:
             assert img.size == size and img.mode == "RGB", name
@@ -287,7 +290,7 @@ def test_infer_refuses_each_bad_model_file_with_its_reason(checkpoint, zoo, tmp_
             assert status == 1 and "NaN" in err, err
             continue
         assert status == 2 and "error:" in err, (kind, err)
-        assert (words if kind != "zero" else "empty, truncated or damaged") in err, (kind, err)
+        assert words in err and len(err.strip().splitlines()) == 1, (kind, err)
     assert not (tmp_path / "ran").exists(), "unpickling the checkpoint ran its code"
     assert not (tmp_path / "out" / "baseline.png").exists()
 
