@@ -162,7 +162,7 @@ def test_torchrun_sigterm_and_exact_resume(shards, spawned, tmp_path):
     assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
     assert all(torch.equal(straight["ema"][k], resumed["ema"][k]) for k in straight["ema"])
     assert [r["step"] for r in rows(killed) if "loss" in r] == list(range(4, STEPS + 1, 4))
-    files = ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "samples"]
+    files = [".lock", "best.pt", "config.yaml", "last.prev.pt", "last.pt", "metrics.jsonl", "samples"]
     assert sorted(p.name for p in killed.iterdir()) == files, "no stray temporary checkpoints"
 
 

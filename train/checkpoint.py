@@ -5,12 +5,16 @@ One dict per file: `model`, `model_name`, `model_kwargs`, `ema`, `ema_n_averaged
 `world_size` and `rng_per_rank` (every rank's `rng`, gathered to rank 0, which alone writes the file). The
 learning rate is a pure function of the step (`train.step.lr_at`), so there is no scheduler state to keep.
 Model weights are saved unwrapped (no `module.` or `_orig_mod.` prefixes), so `model.load_model` reads them.
+Every file carries the checksum of its tensors (`model.files`), checked on load. Writing `last.pt` first keeps the
+file it replaces as `last.prev.pt`, so a damaged `last.pt` (a bad disk, a copy cut short) still leaves a run to
+resume: `resolve_resume("auto", ...)` falls back to it and says so.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from model import model_state, unwrap
+from model.files import CheckpointError, read_checkpoint, with_checksum
 from train.config import TrainConfig, to_dict
 from train.distributed import gather_to_main
 
@@ -81,7 +86,12 @@ def save(state: State, cfg: TrainConfig, path: Path) -> None:
         rng=rngs[0],
         rng_per_rank=rngs,
     )
-    atomic_save(checkpoint, path)
+    atomic_save(with_checksum(dict(checkpoint)), path, keep_previous=path.name == "last.pt")
+
+
+def previous_path(path: Path) -> Path:
+    """Where the file `path` replaced is kept: `last.pt` -> `last.prev.pt`."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def restore(state: State, path: Path) -> RngState:
@@ -140,9 +150,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def atomic_save(obj: Mapping[str, Any], path: str | Path) -> None:
+def atomic_save(obj: Mapping[str, Any], path: str | Path, keep_previous: bool = False) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename over `path`; temporaries that
-    killed runs left in that folder are removed first."""
+    killed runs left in that folder are removed first. With `keep_previous`, the file being replaced stays as
+    `previous_path(path)` (a hard link: no copy, and `path` exists at every moment)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
@@ -152,6 +163,8 @@ def atomic_save(obj: Mapping[str, Any], path: str | Path) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous and path.is_file():
+            _link_previous(path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -162,9 +175,20 @@ def atomic_save(obj: Mapping[str, Any], path: str | Path) -> None:
         os.close(folder)
 
 
+def _link_previous(path: Path) -> None:
+    link = path.with_name(f".{previous_path(path).name}.tmp{os.getpid()}")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+        os.replace(link, previous_path(path))
+    finally:
+        link.unlink(missing_ok=True)
+
+
 def load(path: str | Path) -> TrainCheckpoint:
-    """Load a checkpoint written by `save`; untrusted files cannot run code (weights_only)."""
-    return cast(TrainCheckpoint, torch.load(path, map_location="cpu", weights_only=True))
+    """Load a checkpoint written by `save`: untrusted files cannot run code (weights_only), a damaged one (its
+    checksum differs, or torch cannot read it) raises `model.CheckpointError`."""
+    return cast(TrainCheckpoint, read_checkpoint(path))
 
 
 def rng_state(generator: torch.Generator) -> RngState:
@@ -197,16 +221,34 @@ def _python_state_to_list(state: tuple) -> list:
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """`auto` -> RUN_DIR/last.pt when it exists (else a fresh start); a path must exist; None -> fresh start.
-    Temporaries of checkpoints a killed run was writing are removed from RUN_DIR."""
+    """`auto` -> RUN_DIR/last.pt when it exists (else a fresh start), or `last.prev.pt` when last.pt cannot be read
+    (said on stderr); a path must exist; None -> fresh start. Temporaries of checkpoints a killed run was writing are
+    removed from RUN_DIR."""
     if run_dir.is_dir():
         remove_stale_temporaries(run_dir)
     if resume is None:
         return None
-    if resume == "auto":
-        last = run_dir / "last.pt"
-        return last if last.is_file() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    return path
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        return path
+    last, previous = run_dir / "last.pt", previous_path(run_dir / "last.pt")
+    if not last.is_file():
+        return None
+    try:
+        load(last)
+    except CheckpointError as err:
+        if not previous.is_file():
+            raise CheckpointError(
+                f"--resume auto: {err}; {run_dir} holds no earlier checkpoint (last.prev.pt)"
+            ) from None
+        step = load(previous)["step"]
+        os.replace(last, run_dir / "last.damaged.pt")  # kept for a look, and never linked over the good one
+        print(
+            f"warning: {err}; resuming from the one before it, {previous} (step {step}); the damaged file is now "
+            "last.damaged.pt",
+            file=sys.stderr,
+        )
+        return previous
+    return last

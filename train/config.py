@@ -16,6 +16,21 @@ from pipeline.config import DegradeConfig, LoaderConfig
 from train.precision import default_channels_last
 
 
+class ConfigError(ValueError):
+    """A config mistake: the message names the key and what it accepts (the command prints it as one line)."""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """An unknown key (also a KeyError, for callers that catch that)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A value of the wrong type (also a TypeError, for callers that catch that)."""
+
+
 @dataclass
 class ModelConfig:
     name: str = "nafnet"
@@ -119,11 +134,11 @@ def merge(cfg: Any, updates: dict[str, Any], where: str = "") -> Any:
             print(f"note: config key '{path}' is retired and ignored: {RETIRED[path]}", file=sys.stderr)
             continue
         if key not in names:
-            raise KeyError(f"unknown config key '{path}' (known here: {', '.join(names)})")
+            raise ConfigKeyError(f"unknown config key '{path}' (known here: {', '.join(names)})")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise TypeError(f"config '{path}' is a section; give it a mapping, not {value!r}")
+                raise ConfigTypeError(f"config '{path}' is a section; give it a mapping, not {value!r}")
             merge(current, value, path + ".")
         elif isinstance(current, dict) and isinstance(value, dict):
             setattr(cfg, key, _merge_dict(current, value))
@@ -138,7 +153,7 @@ def _merge_dict(current: dict, updates: dict) -> dict:
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _merge_dict(merged[key], value)
         else:
-            merged[key] = yaml.safe_load(value) if isinstance(value, _Raw) else value
+            merged[key] = _yaml(value, f"--set ...{key}") if isinstance(value, _Raw) else value
     return merged
 
 
@@ -149,7 +164,7 @@ class _Raw(str):
 def _coerce(value: Any, hint: Any, path: str) -> Any:
     origin = typing.get_origin(hint) or hint
     if isinstance(value, _Raw):
-        value = str(value) if origin is str else yaml.safe_load(value)
+        value = str(value) if origin is str else _yaml(value, f"--set {path}")
     if origin is float and isinstance(value, str):
         try:
             return float(value)  # YAML 1.1 reads 1e-3 as text
@@ -159,16 +174,16 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         return float(value)
     if origin is Any or isinstance(value, origin) and not (origin is int and isinstance(value, bool)):
         return value
-    raise TypeError(f"config '{path}' must be {getattr(origin, '__name__', origin)}, got {value!r}")
+    raise ConfigTypeError(f"config '{path}' must be {getattr(origin, '__name__', origin)}, got {value!r}")
 
 
 def check(cfg: TrainConfig) -> TrainConfig:
     """Values that would only fail later in the run fail now, with the key named."""
     for key in ("steps", "log_every", "val_every", "ckpt_every"):
         if getattr(cfg.run, key) < 1:
-            raise ValueError(f"run.{key} must be >= 1, got {getattr(cfg.run, key)}")
+            raise ConfigError(f"run.{key} must be >= 1, got {getattr(cfg.run, key)}")
     if not 0 <= cfg.model.p_withheld <= 1:
-        raise ValueError(f"model.p_withheld must be in [0, 1], got {cfg.model.p_withheld}")
+        raise ConfigError(f"model.p_withheld must be in [0, 1], got {cfg.model.p_withheld}")
     choices = {
         "loss.kind": (cfg.loss.kind, ("l1", "charbonnier", "psnr")),
         "optim.lr_scaling": (cfg.optim.lr_scaling, ("none", "sqrt", "linear")),
@@ -178,7 +193,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
-            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
     return cfg
 
 
@@ -187,7 +202,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got '{item}'")
+            raise ConfigError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
         *parents, leaf = key.strip().split(".")
         node = nested
@@ -203,8 +218,18 @@ def load_config(
     """defaults for this device (or `base`, a resumed run's saved config) <- YAML file <- --set overrides."""
     cfg = from_dict(base) if base is not None else default_config(device_type)
     if path is not None:
-        merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
+        values = _yaml(Path(path).read_text(), f"--config {path}") or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config {path} must hold a mapping of sections (model:, run:, ...), not {values!r}")
+        merge(cfg, values)
     return check(merge(cfg, parse_set(sets or [])))
+
+
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(err).split())})") from None
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

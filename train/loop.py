@@ -30,10 +30,19 @@ from train.step import State, build_state, cpu_threads, lr_at, train_step
 from train.validate import ValSetsResult, validate_sets
 
 
+class Stopped(Exception):
+    """Training stopped by SIGINT/SIGTERM after a checkpoint (last.pt holds the step); `signum` says which."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by signal {signum} at step {step}; resume with --resume auto")
+        self.signum, self.step = signum, step
+
+
 def fit(
     cfg: TrainConfig, shards: Path, run_dir: Path, resume: Path | None = None, stop_after: int | None = None
 ) -> ValSetsResult:
-    """Train for `cfg.run.steps` steps (or until `stop_after`, a signal, or NaN); returns the last validation.
+    """Train for `cfg.run.steps` steps (or until `stop_after`, or NaN); returns the last validation. A signal
+    checkpoints after the current step, then raises `Stopped` (so a command exits 130 or 143, not 0).
 
     Under torchrun (after `distributed.init`) every rank runs this: each reads its own shards and draws its own
     degradations; rank 0 alone logs, validates and writes checkpoints (the others return {}).
@@ -64,6 +73,8 @@ def fit(
     try:
         return _loop(state, cfg, loader, valset, logger, run_dir, dtype, stop_after)
     except Exception as err:
+        if isinstance(err, Stopped):
+            raise  # last.pt was written after the step
         stop = state.stop_signal or isinstance(err, DataSkipLimit)  # a signal broke the step, or too much bad data
         if stop and env.world_size == 1:
             save(state, cfg, run_dir / "last.pt")
@@ -129,7 +140,7 @@ def _loop(
             save(state, cfg, run_dir / "last.pt")
             signum = state.stop_signal[0] if state.stop_signal else "(on another rank)"
             logger.message(f"stopped by signal {signum} at step {state.step}; resume with --resume auto")
-            break
+            raise Stopped(signum if isinstance(signum, int) else signal.SIGTERM, state.step)
     return last_val
 
 
