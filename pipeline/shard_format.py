@@ -81,7 +81,13 @@ def read_manifest(folder: str | Path) -> Manifest:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a shard folder: {MANIFEST} is missing (run `python -m shards.pack`)")
-    return cast(Manifest, json.loads(path.read_text()))
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged (not JSON: {err}): repack with `python -m shards.pack`") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list) or "splits" not in manifest:
+        raise ValueError(f"{path} is not a shard manifest (no shards and splits): repack with `python -m shards.pack`")
+    return cast(Manifest, manifest)
 
 
 def split_shards(folder: str | Path, split: str) -> list[Path]:

@@ -8,6 +8,7 @@ the JPEG is Pillow's (`pipeline.reference`), so validation numbers are real-worl
 
 from __future__ import annotations
 
+import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import webdataset as wds
 
 from pipeline.config import DegradeConfig
 from pipeline.degrade import param_row, sample_params
+from pipeline.health import FIX, warn
 from pipeline.io import IMAGE_SUFFIXES, decode_rgb8, image_entries, load_rgb8
 from pipeline.reference import degrade_reference
-from pipeline.shard_format import IMAGE_EXTS, split_shards
+from pipeline.shard_format import IMAGE_EXTS, read_manifest, split_shards
 
 
 @dataclass
@@ -45,15 +47,55 @@ class ValSet:
 
 
 def read_split_images(shards_dir: str | Path, split: str = "val", limit: int = 0) -> list[np.ndarray]:
-    """Decode the images of one split in manifest order -> list of (H, W, 3) uint8."""
-    urls = [str(p) for p in split_shards(shards_dir, split)]
-    images = []
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None):
-        ext = next(e for e in IMAGE_EXTS if e in sample)
-        images.append(decode_rgb8(sample[ext]))
+    """Decode the images of one split in manifest order -> list of (H, W, 3) uint8.
+
+    A shard that is missing, cut short or unreadable is left out whole, and a sample that does not decode alone:
+    each is named in a warning with the count of images lost (like damaged train shards, `pipeline.health`), so
+    the set stays a deterministic function of the readable files. No readable image at all is a clear stop."""
+    folder = Path(shards_dir)
+    manifest = read_manifest(folder)
+    split_shards(folder, split)  # a clear error when the split has no shards
+    images, lost, problems = [], 0, []
+    for entry in (e for e in manifest["shards"] if e["split"] == split):
+        try:
+            decoded, bad = _read_shard(folder / entry["name"], entry["bytes"])
+        except (OSError, tarfile.TarError, ValueError) as err:
+            problems.append(f"{entry['name']}: {err}")
+            lost += entry["samples"]
+            warn(f"{split} shard {entry['name']} cannot be read ({err}): its {entry['samples']} images are left out")
+            continue
+        for key, err in bad:
+            problems.append(f"{entry['name']} sample {key}: {err}")
+            lost += 1
+            warn(f"{split} shard {entry['name']}: sample {key} does not decode ({err}): left out")
+        images += decoded
         if limit and len(images) >= limit:
-            break
+            return images[:limit]
+    if not images:
+        raise ValueError(
+            f"no readable '{split}' image in {folder} ({'; '.join(problems)}): {FIX.format(folder=folder)}"
+        )
+    if lost:
+        warn(f"the {split} set of {folder} lacks {lost} image(s) ({FIX.format(folder=folder)})")
     return images
+
+
+def _read_shard(path: Path, recorded_bytes: int) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """One shard's images, and (sample key, reason) for each sample that does not decode."""
+    if not path.is_file():
+        raise FileNotFoundError("missing")
+    if path.stat().st_size != recorded_bytes:
+        raise ValueError(f"{path.stat().st_size} bytes, the manifest says {recorded_bytes} (truncated copy?)")
+    images, bad = [], []
+    for sample in wds.WebDataset([str(path)], shardshuffle=False, empty_check=False, nodesplitter=None):
+        ext = next((e for e in IMAGE_EXTS if e in sample), None)
+        try:
+            if ext is None:
+                raise ValueError("no image in the sample")
+            images.append(decode_rgb8(sample[ext]))
+        except (ValueError, OSError, SyntaxError, EOFError) as err:  # what Pillow raises for damaged bytes
+            bad.append((sample["__key__"], str(err)))
+    return images, bad
 
 
 def center_crop(rgb8: np.ndarray, crop: int) -> np.ndarray:
