@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import socket
 import sys
 
 from demo.core import DEFAULT_MAX_PIXELS
 from infer.backends import PRECISIONS, open_backend
 from infer.runtime import RUNTIMES
-from pipeline.command import run_command
+from pipeline.command import CommandError, run_command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,8 +35,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_port(port: int) -> None:
+    """A port in use is one line, before seconds of loading the model and Gradio."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it: TIME_WAIT is no conflict
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise CommandError(
+                f"port {port} on 127.0.0.1 is not free ({err.strerror}): another program (an earlier demo?) uses it; "
+                "stop it or choose another --port"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_port(args.port)
     try:
         backend = open_backend(args.model, device=args.device, precision=args.precision, runtime=args.runtime)
     except (OSError, ValueError, RuntimeError) as err:  # missing file, unknown type, unusable device
@@ -50,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         serve(app, port=args.port, block=True)
     except KeyboardInterrupt:  # Ctrl+C before Gradio's own loop catches it (e.g. during start-up)
         print("stopped")
-    finally:
+    finally:  # also on SIGTERM (docker stop, systemd), which pipeline.command raises as Terminated
         shutil.rmtree(app.handlers.workroot, ignore_errors=True)
         remove_uploads(app)  # users' originals must not outlive the demo
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import zipfile
@@ -15,6 +16,7 @@ from torch import nn
 
 from evaluate.baselines import BASELINES
 from evaluate.harness import evaluate
+from evaluate.metrics import SSIM_WINDOW
 from evaluate.protocols import PROTOCOLS, parse_qualities, parse_sigmas
 from evaluate.report import write_outputs
 from evaluate.results import figure
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def list_images(folder: Path, limit: int | None) -> list[Path]:
     """Entries named like images directly in `folder`, sorted by name, the first `limit` of them."""
+    if limit is not None and limit < 1:
+        raise SystemExit(f"--limit must be 1 or more, got {limit} (leave it out to use every image)")
     if not folder.is_dir():
         raise SystemExit(f"--data {folder} is not a folder")
     paths = image_entries(folder)
@@ -59,10 +63,15 @@ def load_images(paths: list[Path]) -> tuple[list[Path], list[np.ndarray], list[s
     kept, images, problems = [], [], []
     for path in paths:
         try:
-            images.append(np.array(load_rgb8(path)))  # a writable copy: torch warns on read-only arrays
+            image = np.array(load_rgb8(path))  # a writable copy: torch warns on read-only arrays
         except (ImageError, OSError) as err:
             problems.append(f"{path}: {explain_error(err)}")
             continue
+        if min(image.shape[:2]) < SSIM_WINDOW:  # SSIM's window would not fit: the other images still count
+            height, width = image.shape[:2]
+            problems.append(f"{path}: {width}x{height} px, smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window")
+            continue
+        images.append(image)
         kept.append(path)
     return kept, images, problems
 
@@ -98,6 +107,16 @@ def load_model_arg(spec: str) -> nn.Module | None:
     return model
 
 
+def check_out(out: Path) -> None:
+    """Before any work: --out must be a folder this process can write (it is created)."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file, not a folder: choose a folder (it is created)")
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".write-test-{os.getpid()}"
+    probe.touch()  # an OSError here (read-only, full, no permission) is one line from the command's boundary
+    probe.unlink()
+
+
 def versions() -> dict[str, str]:
     """Versions of the software that produced the numbers."""
     return {
@@ -115,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         sigmas, qualities = parse_sigmas(args.sigmas), parse_qualities(args.qualities)
     except ValueError as err:
         raise SystemExit(str(err)) from err
+    check_out(args.out)  # before hours of evaluation, not after
     model = load_model_arg(args.model)  # before decoding: a bad model file fails fast
     paths, images, unreadable = load_images(list_images(args.data, args.limit))
     for problem in unreadable:

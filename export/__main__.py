@@ -7,6 +7,7 @@ prints the max abs difference and exits non-zero above its tolerance (the file i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from export.calibration import CalibrationError
 from export.parity import ExportError, load_source
 from export.trt_plan import TARGETS, PlanError, make_profile, parse_shape
 from model import SHIPPED_MODEL
-from pipeline.command import run_command
+from pipeline.command import CommandError, run_command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,8 +90,18 @@ def run(args: argparse.Namespace) -> float:
     )
 
 
+def check_out(out: Path) -> None:
+    """Before exporting: --out names a file in a folder this process can write."""
+    if out.is_dir():
+        raise CommandError(f"--out {out} is a folder: name the file to write, e.g. {out / 'model.onnx'}")
+    folder = next(p for p in [out.parent, *out.parent.parents] if p.exists())
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {out}: cannot write in {folder} (permissions or a read-only disk); choose another")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_out(args.out)
     try:
         run(args)
     except (ExportError, PlanError, CalibrationError) as err:

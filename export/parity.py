@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from export.checks import output_problem
-from model import is_conditioned, load_model, select_state, unwrap
+from model import is_conditioned, load_model, read_checkpoint, select_state, unwrap
 from model.condition import encode_condition
 
 PARITY_SHAPE = (1, 3, 67, 93)  # odd height and width: never a multiple of the stride
@@ -58,9 +58,9 @@ def load_source(path: str | os.PathLike) -> Source:
         raise ExportError(f"no checkpoint at {path}")
     try:
         model = load_model(path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path)
         _, name, kwargs = select_state(checkpoint, use_ema=True)
-    except ValueError as err:  # load_model's own explanations (unfit weights, unknown model, unsafe pickle)
+    except ValueError as err:  # load_model's own explanations (unfit weights, damage, ONNX, unsafe pickle)
         raise ExportError(f"cannot load a model from {path}: {err}") from err
     except Exception as err:  # torch.load of a damaged file raises many types (IndexError, struct.error, ...)
         raise ExportError(
