@@ -25,11 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-from release.ledger import LEDGER, add_phase, measure, render_all
-from release.workspace import CBSD432_SHARDS, CONFIG, ROOT, cpu_words, ensure_shards, git_commit
+from release import ledger, workspace
+from release.workspace import ROOT, cpu_words, git_commit, shown
 
 STATE = ROOT / "runs" / "campaign"
 TRUNK = ROOT / "weights" / "campaign-trunk.pt"
+FIRST_INIT = ROOT / "weights" / "nafnet16-strength-cbsd432.pt"  # the phase the campaign continues
 PYTHON = sys.executable
 
 
@@ -45,18 +46,26 @@ def is_running(state: dict | None) -> bool:
         os.kill(state["pid"], 0)
     except (ProcessLookupError, PermissionError):
         return False
-    cmdline = Path(f"/proc/{state['pid']}/cmdline")
-    return not cmdline.exists() or "train/run.py" in cmdline.read_bytes().decode(errors="replace")
+    proc = Path(f"/proc/{state['pid']}")
+    if not proc.is_dir():  # no procfs (macOS): the pid alone decides
+        return True
+    try:
+        if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False  # ended, not yet reaped by its parent
+        cmdline = proc.joinpath("cmdline").read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return not cmdline or "train/run.py" in cmdline  # empty while `nice` execs python; else a reused pid
 
 
 def next_phase() -> int:
-    return max(p["phase"] for p in json.loads(LEDGER.read_text())["phases"]) + 1
+    return max(p["phase"] for p in json.loads(ledger.LEDGER.read_text())["phases"]) + 1
 
 
 def launch(kind: str, args: list[str], run_dir: Path, extra: dict) -> dict:
     """Start `train/run.py ARGS` detached at low priority, its output in RUN_DIR.log; record it as KIND."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    command = ["nice", "-n", "10", PYTHON, "train/run.py", *args, "--out", str(run_dir.relative_to(ROOT))]
+    command = ["nice", "-n", "10", PYTHON, "train/run.py", *args, "--out", shown(run_dir)]
     with open(run_dir.with_suffix(".log"), "ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
     state = {"pid": process.pid, "run": str(run_dir), "started": time.time(), "command": " ".join(command)} | extra
@@ -69,14 +78,14 @@ def start(threads: int) -> None:
     running = read_state("trunk")
     if running is not None and is_running(running):
         sys.exit(f"campaign: the trunk is already training (pid {running['pid']}): status or stop")
-    shards = ensure_shards()
+    shards = workspace.ensure_shards()
     phase = next_phase()
-    init = TRUNK if TRUNK.is_file() else ROOT / "weights" / "nafnet16-strength-cbsd432.pt"
+    init = TRUNK if TRUNK.is_file() else FIRST_INIT
     run_dir = STATE / f"phase-{phase}"
-    args = ["--shards", str(shards), "--config", str(CONFIG.relative_to(ROOT)), "--resume", "auto"]
-    args += [f"--set=model.init={init.relative_to(ROOT)}", f"--set=run.threads={threads}"]
+    args = ["--shards", shown(shards), "--config", shown(workspace.CONFIG), "--resume", "auto"]
+    args += [f"--set=model.init={shown(init)}", f"--set=run.threads={threads}"]
     args += [f"--set=run.seed={phase}", f"--set=loader.seed={phase}"]
-    launch("trunk", args, run_dir, {"phase": phase, "threads": threads, "init": str(init.relative_to(ROOT))})
+    launch("trunk", args, run_dir, {"phase": phase, "threads": threads, "init": shown(init)})
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -126,14 +135,14 @@ def stop(commit: bool) -> None:
     slim(run_dir / "last.pt", TRUNK, fp16=True)
     minutes = (time.time() - state["started"]) / 60
     device = f"CPU, {cpu_words()}, {state['threads']} thread{'s' if state['threads'] > 1 else ''}"
-    extra = {"wall_minutes": round(minutes), "threads": state["threads"], "weights": str(TRUNK.relative_to(ROOT))}
-    add_phase(state["phase"], run_dir, device, state["command"].split("nice -n 10 ")[-1], extra)
-    end = measure(str(TRUNK), CBSD432_SHARDS, CONFIG)
-    render_all(lambda ledger: next(p for p in ledger["phases"] if p["phase"] == state["phase"]).update(end=end))
+    extra = {"wall_minutes": round(minutes), "threads": state["threads"], "weights": shown(TRUNK)}
+    command = state["command"].split("nice -n 10 ")[-1].replace(PYTHON, "python")
+    end = ledger.measure(str(TRUNK), workspace.CBSD432_SHARDS, workspace.CONFIG)
+    ledger.add_phase(state["phase"], run_dir, device, command, extra | {"end": end})
     (STATE / "trunk.json").rename(STATE / f"trunk-phase-{state['phase']}.json")
-    print(f"trunk: phase {state['phase']} stopped after {minutes:.0f} min; {TRUNK.relative_to(ROOT)} written")
+    print(f"trunk: phase {state['phase']} stopped after {minutes:.0f} min; {shown(TRUNK)} written")
     if commit:
-        paths = [TRUNK, LEDGER, LEDGER.with_name("ledger.png"), ROOT / "weights" / "README.md"]
+        paths = [TRUNK, ledger.LEDGER, ledger.LEDGER.with_name("ledger.png"), ledger.CARD]
         git_commit(paths, f"Campaign phase {state['phase']}: trunk weights and ledger row")
 
 
@@ -145,13 +154,13 @@ def cool(steps: int, threads: int) -> None:
         sys.exit("campaign: a cooldown branch is already training (status)")
     import torch
 
-    source = Path(trunk["run"]) / "last.pt"
+    source = Path(trunk["run"]) / "last.pt"  # written atomically every run.ckpt_every steps
     step = int(torch.load(source, map_location="cpu", weights_only=True)["step"])
     run_dir = STATE / f"cool-{trunk['phase']}-{step}"
     run_dir.mkdir(parents=True, exist_ok=True)
     branch = run_dir / "branch.pt"
     branch.write_bytes(source.read_bytes())
-    args = ["--shards", trunk_shards(trunk), "--resume", str(branch), "--set=optim.decay_start=" + str(step)]
+    args = ["--shards", trunk_shards(trunk), "--resume", shown(branch), "--set=optim.decay_start=" + str(step)]
     args += [f"--set=run.steps={step + steps}", f"--set=run.val_every={steps}", f"--set=run.threads={threads}"]
     launch("cool", args, run_dir, {"phase": trunk["phase"], "from_step": step, "steps": steps, "threads": threads})
 

@@ -25,6 +25,7 @@ from train import build_valsets, config_from_dict, load_config, validate_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 LEDGER = ROOT / "docs" / "results" / "ledger.json"
+CARD = ROOT / "weights" / "README.md"  # the model card, whose ledger block `render` writes
 BEGIN, END = "<!-- ledger:begin (python -m release.ledger render) -->", "<!-- ledger:end -->"
 
 
@@ -182,7 +183,7 @@ def render_all(change: Callable[[dict], None] | None = None) -> None:
         change(ledger)
     LEDGER.write_text(json.dumps(ledger, indent=1) + "\n")
     plot(ledger["phases"], LEDGER.with_name("ledger.png"))
-    replace_block(ROOT / "weights" / "README.md", render_table(ledger["phases"]), BEGIN, END)
+    replace_block(CARD, render_table(ledger["phases"]), BEGIN, END)
 
 
 if __name__ == "__main__":

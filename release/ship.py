@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model import SHIPPED_MODEL
+import model
 from model.slim import slim
-from release.ledger import LEDGER, measure, render_all
-from release.workspace import CBSD432_SHARDS, CONFIG, ROOT, git_commit
+from release import ledger, workspace
+from release.workspace import ROOT, git_commit, shown
 
 VALSETS_LIMIT = 20  # SunHays80's first 20 photos: the campaign's bar is set on them
 
@@ -28,34 +28,44 @@ def ship_candidate(candidate: Path, cooled: dict, commit: bool) -> bool:
     """Measure, compare, and ship `candidate` (a training checkpoint) if it wins; True when shipped."""
     slimmed = candidate.with_name("candidate-fp16.pt")
     slim(candidate, slimmed, fp16=True)  # measured as it would ship
-    ours = measure(str(slimmed), CBSD432_SHARDS, CONFIG)
-    shipped = measure(str(SHIPPED_MODEL), CBSD432_SHARDS, CONFIG)
-    for name in ours:
-        delta = ours[name] - shipped[name]
-        print(f"{name:>14}: shipped {shipped[name]:.3f}  candidate {ours[name]:.3f}  ({delta:+.3f})")
-    gain = mean(ours) - mean(shipped)
-    record = {"phase": cooled["phase"], "from_step": cooled["from_step"], "steps": cooled["steps"]}
-    record |= {"candidate": ours, "shipped": shipped, "gain_db": round(gain, 4), "shipped_it": gain > 0}
-    render_all(lambda ledger: ledger.setdefault("candidates", []).append(record))
+    gain = compare(slimmed, model.SHIPPED_MODEL, cooled)
     if gain <= 0:
         print(f"not shipped: the candidate trails the shipped model by {-gain:.3f} dB on the validation mean")
         return False
     print(f"shipping: +{gain:.3f} dB on the validation mean")
-    slimmed.replace(SHIPPED_MODEL)
-    onnx = SHIPPED_MODEL.with_suffix(".onnx")
-    model = str(SHIPPED_MODEL.relative_to(ROOT))
-    run([sys.executable, "-m", "export", "onnx", "--model", model, "--out", str(onnx.relative_to(ROOT))])
-    run([sys.executable, "-m", "release.evaluate", "--model", model])
-    reference = ROOT / "weights" / "nafnet16-cbsd432.pt"
-    valsets = ["--models", str(reference.relative_to(ROOT)), model, "--labels", "phase1", "shipped"]
-    run([sys.executable, "-m", "release.valsets", *valsets, "--sunhays-limit", str(VALSETS_LIMIT)])
+    hand_over(slimmed, model.SHIPPED_MODEL)
     if commit:
         docs = ROOT / "docs" / "results"
-        paths = [SHIPPED_MODEL, onnx, LEDGER, LEDGER.with_name("ledger.png"), ROOT / "weights" / "README.md"]
+        shipped, card = model.SHIPPED_MODEL, ledger.CARD
+        paths = [shipped, shipped.with_suffix(".onnx"), ledger.LEDGER, ledger.LEDGER.with_name("ledger.png"), card]
         paths += [ROOT / "README.md", docs / "results.json", docs / "valsets.json", docs / "strength.png"]
         paths += [docs / "crops"]
         git_commit(paths, f"Ship the campaign's phase {cooled['phase']} model: +{gain:.2f} dB on validation")
     return True
+
+
+def compare(candidate: Path, shipped: Path, cooled: dict) -> float:
+    """Both models on the validation sets; the record goes into the ledger. Returns the candidate's gain in dB."""
+    ours = ledger.measure(str(candidate), workspace.CBSD432_SHARDS, workspace.CONFIG)
+    theirs = ledger.measure(str(shipped), workspace.CBSD432_SHARDS, workspace.CONFIG)
+    for name in ours:
+        print(f"{name:>14}: shipped {theirs[name]:.3f}  candidate {ours[name]:.3f}  ({ours[name] - theirs[name]:+.3f})")
+    gain = mean(ours) - mean(theirs)
+    record = {"phase": cooled["phase"], "from_step": cooled["from_step"], "steps": cooled["steps"]}
+    record |= {"candidate": ours, "shipped": theirs, "gain_db": round(gain, 4), "shipped_it": gain > 0}
+    ledger.render_all(lambda book: book.setdefault("candidates", []).append(record))
+    return gain
+
+
+def hand_over(slimmed: Path, shipped: Path) -> None:
+    """The candidate becomes the shipped model: its weights, its ONNX graph, the regenerated results."""
+    slimmed.replace(shipped)
+    onnx = shipped.with_suffix(".onnx")
+    run([sys.executable, "-m", "export", "onnx", "--model", shown(shipped), "--out", shown(onnx)])
+    run([sys.executable, "-m", "release.evaluate", "--model", shown(shipped)])
+    reference = ROOT / "weights" / "nafnet16-cbsd432.pt"
+    valsets = ["--models", shown(reference), shown(shipped), "--labels", "phase1", "shipped"]
+    run([sys.executable, "-m", "release.valsets", *valsets, "--sunhays-limit", str(VALSETS_LIMIT)])
 
 
 def run(command: list[str]) -> None:

@@ -33,7 +33,13 @@ def ensure_shards() -> Path:
             sys.exit(f"campaign: training photos not found: {', '.join(missing)}")
         manifest = pack(sources, out, downscale=downscale, workers=2)
         print(f"packed {out}: {manifest['splits']['train']['samples']} train images")
-    return SHARDS.relative_to(ROOT)
+    return SHARDS
+
+
+def shown(path: Path) -> str:
+    """A path as commands and records show it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def cpu_words() -> str:
@@ -47,7 +53,7 @@ def cpu_words() -> str:
 
 def git_commit(paths: list[Path], subject: str) -> None:
     """Commit exactly `paths` (nothing else staged is swept in)."""
-    names = [str(Path(p).relative_to(ROOT)) for p in paths]
+    names = [shown(p) for p in paths]
     subprocess.run(["git", "add", "--", *names], cwd=ROOT, check=True)
     subprocess.run(["git", "commit", "-q", "-m", subject, "--", *names], cwd=ROOT, check=True)
     print(f"committed: {subject}")
