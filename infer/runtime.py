@@ -1,7 +1,7 @@
 """Which runtime runs the shipped model: `open_shipped(device, precision, runtime)`, and ONNX files' runtimes.
 
 With no model named, `infer` and `demo` take the shipped weights (`model.SHIPPED_MODEL`) through the fastest
-runtime available on the device, in the order `FASTEST` gives (measured with `python -m bench.infer`, docs/infer.md):
+runtime available on the device, in the order `FASTEST` gives (measured with `python -m bench infer`, docs/infer.md):
 on a CPU, OpenVINO, then onnxruntime, both reading the ONNX export next to the checkpoint (`shipped_onnx()`), then
 eager PyTorch. An ONNX file is used only when it was exported from the very checkpoint (its `source_sha256`
 metadata) with the pooled I/O that tiling needs; otherwise the next runtime is taken and a note says why and which

@@ -1,6 +1,6 @@
 """One source file -> the bytes stored in a shard, or the reason it is skipped.
 
-Stored-format rule (`pipeline.shard_format.STORE_RULE`, chosen by `bench/shard_format.py`): a source that is already
+Stored-format rule (`pipeline.shard_format.STORE_RULE`, chosen with `bench data --formats`): a source that is already
 a plain JPEG (8-bit, 3-channel YCbCr/RGB, baseline, no EXIF rotation to apply) is stored as its own bytes,
 untouched; any other input is decoded, normalised by `pipeline.io.to_rgb8` and stored as lossless PNG. Nothing is
 ever re-encoded lossily: a clean image re-encoded as JPEG would carry JPEG artifacts into the training targets.
