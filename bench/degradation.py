@@ -1,38 +1,40 @@
-"""Device degradation throughput per batch and patch size, against Pillow/libjpeg on every CPU core.
+"""The trainer's degradation call against Pillow/libjpeg: `python -m bench degradation --out FILE.json [options]`.
 
-The device side is the trainer's own call, `pipeline.degrade.sample_and_degrade` (draw parameters, noise, clip,
-8-bit, JPEG, optional shifted second JPEG), on batches of real patches already on the device. The baseline is what a
-user would otherwise run: a process pool of `os.cpu_count()` workers applying `pipeline.reference.degrade_reference`
-(numpy noise + Pillow/libjpeg) to the same kind of patches, one at a time, with parameters drawn from the same
-distribution (the full training mix, no curriculum). Both report MPix/s; `speedup` = device / CPU pool.
+One comparison serves every degradation figure (`compare`): real (batch, patch, patch) uint8 patches, degraded with
+the default training mix (no curriculum) by
+- `pillow`: `pipeline.reference.degrade_reference` (numpy noise + libjpeg), one patch at a time on one core;
+- `pillow_pool`: the same on a process pool of `--pool` workers (default: every core; pickling both ways included),
+  what a user would otherwise run;
+- each device codec (`--codecs`, of `pipeline.jpeg.CODECS`): `pipeline.degrade.sample_and_degrade` on the batch
+  resident on `--device`, and the aten ops one call launches (`pipeline.sync.OpCounter`).
+Each contender's call repeats its work to fill about `--call-s` seconds; the contenders run in interleaved rounds
+(`bench.interleave`); MPix/s of the median round and each codec's ratio to `pillow` and to the pool.
+`--batches` x `--patches` sweeps the grid. `--fidelity DIR` instead measures how close the device JPEG is to
+libjpeg: mean PSNR of decoded pixels per quality (capped at 100 dB: identical pixels).
 """
 
 from __future__ import annotations
 
-import math
+import argparse
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.timing import measure, significant, sync
+from bench import calls_for, interleave, machine, rates, save, significant, table
 from pipeline.config import DegradeConfig
-from pipeline.degrade import param_row, sample_and_degrade, sample_params
-from pipeline.reference import degrade_reference
+from pipeline.degrade import param_row, sample_and_degrade, sample_params, shifted_jpeg
+from pipeline.io import IMAGE_SUFFIXES, load_rgb8, pil_jpeg, to_rgb8_array, to_tensor
+from pipeline.jpeg import SUBSAMPLING, jpeg
+from pipeline.reference import degrade_reference, jpeg_shifted
+from pipeline.sync import OpCounter
+from shards.synth import render
 
-CALL_S = 0.25  # target seconds per timed call: long enough that clock resolution and launch latency vanish
-
-
-def calls_for(fn: Callable[[], object], device: torch.device, call_s: float, most: int = 10_000) -> int:
-    """How many calls of `fn` fill about `call_s` seconds, from one timed trial call (which also warms up)."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return max(1, min(most, math.ceil(call_s / max(time.perf_counter() - start, 1e-9))))
+QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+PSNR_CAP_DB = 100.0
 
 
 def cut_patches(images: list[np.ndarray], count: int, patch: int, seed: int = 0) -> list[np.ndarray]:
@@ -55,96 +57,183 @@ def _reference_job(job: tuple[np.ndarray, dict, int]) -> np.ndarray:
     return degrade_reference(patch, params, np.random.default_rng(seed))
 
 
-def cpu_pool_rate(
-    images: list[np.ndarray], patch: int, repeats: int, workers: int, cfg: DegradeConfig, call_s: float = CALL_S
-) -> dict:
-    """MPix/s of `degrade_reference` over a pool of `workers` processes (pickling the patches both ways included)."""
-    trial = cut_patches(images, 4 * workers, patch)
-    cpu = torch.device("cpu")
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_reference_job, _jobs(trial, cfg)))  # start the workers before the trial call
-        rounds = calls_for(lambda: list(pool.map(_reference_job, _jobs(trial, cfg))), cpu, call_s)
-        jobs = _jobs(cut_patches(images, rounds * len(trial), patch), cfg)
-        chunk = max(1, len(jobs) // (4 * workers))
-        result = measure(
-            lambda: list(pool.map(_reference_job, jobs, chunksize=chunk)), len(jobs), repeats, cpu, patch * patch
-        )
-    return result | {"workers": workers}
+def _device_call(clean: torch.Tensor, codec: str):
+    cfg = DegradeConfig(curriculum=False, codec=codec)
+    noise, draws = torch.Generator(clean.device).manual_seed(0), torch.Generator().manual_seed(0)
+    return lambda: sample_and_degrade(clean, cfg, noise, 1.0, draws)
 
 
-def _jobs(patches: list[np.ndarray], cfg: DegradeConfig) -> list[tuple[np.ndarray, dict, int]]:
-    params = sample_params(len(patches), cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
-    return [(p, param_row(params, i), i) for i, p in enumerate(patches)]
+def _ops(fn, codec: str) -> dict:
+    if codec == "compiled":  # a dispatch mode sends compiled code back to eager: its ops cannot be seen so
+        return {"total": None, "why": "a dispatch mode runs compiled code eagerly; count with the profiler"}
+    with OpCounter() as counter:
+        fn()
+    return {"total": counter.total, "top": dict(counter.counts.most_common(8))}
 
 
-def device_rate(
-    images: list[np.ndarray],
-    batch: int,
-    patch: int,
-    repeats: int,
+def compare(
+    patches: list[np.ndarray],
+    codecs: tuple[str, ...],
+    rounds: int,
     device: torch.device,
-    cfg: DegradeConfig,
-    call_s: float = CALL_S,
+    pool: int = 0,
+    call_s: float = 0.25,
+    single: bool = True,
 ) -> dict:
-    """MPix/s of `sample_and_degrade` on (batch, 3, patch, patch) batches resident on `device`."""
-    patches = cut_patches(images, batch, patch, seed=1)
-    clean = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).to(device).float().div(255)  # (N, 3, P, P)
-    generator = torch.Generator(device).manual_seed(0)
-    calls = calls_for(lambda: sample_and_degrade(clean, cfg, generator), device, call_s)
-
-    def run() -> None:
-        for _ in range(calls):
-            sample_and_degrade(clean, cfg, generator)
-
-    return measure(run, calls * batch, repeats, device, patch * patch) | {"calls_per_repeat": calls}
-
-
-def sweep(
-    images: list[np.ndarray],
-    batches: tuple[int, ...],
-    patches: tuple[int, ...],
-    repeats: int,
-    device: torch.device,
-    workers: int | None = None,
-    call_s: float = CALL_S,
-) -> dict:
-    """One row per (batch, patch): device MPix/s, the CPU pool's MPix/s at that patch size, and their ratio."""
+    """Every contender on the same patches in interleaved rounds (see the module docstring); `pool` 0: no pool."""
+    batch, size = len(patches), patches[0].shape[0]
     cfg = DegradeConfig(curriculum=False)
-    workers = workers or os.cpu_count() or 1
-    rows, baselines, skipped = [], {}, []
+    params = sample_params(batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    jobs = [(p, param_row(params, i), i) for i, p in enumerate(patches)]
+    clean = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).to(device).float().div(255)  # (N, 3, P, P)
+    one: dict[str, Callable[[], object]] = {}
+    if single:
+        one["pillow"] = lambda: [_reference_job(j) for j in jobs]
+    for codec in codecs:
+        one[codec] = _device_call(clean, codec)
+        for _ in range(4):  # compiles every group shape the codec meets
+            one[codec]()
+    executor = ProcessPoolExecutor(pool) if pool else None
+    try:
+        if executor is not None:
+            chunk = max(1, batch // (4 * pool))
+            list(executor.map(_reference_job, jobs))  # start the workers before the trial call
+            one["pillow_pool"] = lambda: list(executor.map(_reference_job, jobs, chunksize=chunk))
+        repeats = {name: calls_for(fn, device, call_s) for name, fn in one.items()}
+        calls = {name: (lambda fn=fn, k=repeats[name]: [fn() for _ in range(k)]) for name, fn in one.items()}
+        times = interleave(calls, rounds, device, warmup=0)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    result = {n: rates(t, batch * repeats[n], size * size) | {"calls_per_round": repeats[n]} for n, t in times.items()}
+    for name in codecs:
+        result[name]["ops_per_call"] = _ops(one[name], name)
+        for base in ("pillow", "pillow_pool"):
+            if base in result:
+                result[name][f"vs_{base}"] = significant(result[name]["mpix_per_s"] / result[base]["mpix_per_s"])
+    return result
+
+
+def sweep(images, batches, patches, rounds, device, pool: int = 0, call_s: float = 0.25, codec: str = "auto") -> dict:
+    """One row per (batch, patch): device MPix/s, the CPU pool's MPix/s at that batch and patch, their ratio."""
+    pool = pool or os.cpu_count() or 1
+    rows, skipped = [], []
     for patch in patches:
         if not any(min(a.shape[:2]) >= patch for a in images):
             skipped.append({"patch": patch, "reason": f"no image is at least {patch} px on its shorter side"})
             continue
-        baselines[patch] = cpu_pool_rate(images, patch, repeats, workers, cfg, call_s)
         for batch in batches:
-            dev = device_rate(images, batch, patch, repeats, device, cfg, call_s)
-            cpu_mpix = baselines[patch]["mpix_per_s"]
+            found = compare(cut_patches(images, batch, patch), (codec,), rounds, device, pool, call_s, single=False)
+            dev, cpu = found[codec], found["pillow_pool"]
             rows.append(
                 {
                     "batch": batch,
                     "patch": patch,
                     "device": dev,
+                    "cpu_pool": cpu,
                     "device_mpix_per_s": dev["mpix_per_s"],
-                    "cpu_pool_mpix_per_s": cpu_mpix,
-                    "speedup": significant(dev["mpix_per_s"] / cpu_mpix) if cpu_mpix else None,
+                    "cpu_pool_mpix_per_s": cpu["mpix_per_s"],
+                    "speedup": dev["vs_pillow_pool"],
                 }
             )
-    return {
-        "mix": "training default, no curriculum (noise and/or JPEG, 20% double JPEG, 4:2:0/4:2:2/4:4:4)",
-        "cpu_workers": workers,
-        "cpu_pool": {str(p): b for p, b in baselines.items()},
-        "rows": rows,
-        "skipped": skipped,
-    }
+    mix = "training default, no curriculum (noise and/or JPEG, 20% double JPEG, 4:2:0/4:2:2/4:4:4)"
+    return {"mix": mix, "cpu_workers": pool, "rows": rows, "skipped": skipped}
 
 
-def markdown(section: dict) -> str:
-    lines = ["| batch | patch px | device MPix/s | CPU pool MPix/s | device / CPU pool |", "|---:|---:|---:|---:|---:|"]
-    lines += [
-        f"| {r['batch']} | {r['patch']} | {r['device_mpix_per_s']:.2f} | {r['cpu_pool_mpix_per_s']:.2f} | "
-        f"{r['speedup']:.2f}x |"
-        for r in section["rows"]
+def sweep_markdown(section: dict) -> str:
+    skipped = [
+        {"batch": "-", "patch": s["patch"], "device_mpix_per_s": f"skipped: {s['reason']}"} for s in section["skipped"]
     ]
-    lines += [f"| - | {s['patch']} | skipped: {s['reason']} | | |" for s in section["skipped"]]
-    return "\n".join(lines)
+    rows = section["rows"] + skipped
+    columns = {"batch": "batch", "patch px": "patch", "device MPix/s": "device_mpix_per_s"}
+    columns |= {"CPU pool MPix/s": "cpu_pool_mpix_per_s", "device / CPU pool": lambda r: r.get("speedup", "")}
+    return table(rows, columns)
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of two uint8 images through the project's one metric, capped (identical images -> the cap)."""
+    from evaluate.metrics import psnr
+
+    return min(PSNR_CAP_DB, float(psnr(to_tensor(a)[None], to_tensor(b)[None])[0]))
+
+
+def fidelity(images: list[np.ndarray], device: torch.device) -> dict:
+    """Mean PSNR against Pillow per method and quality, and the fraction of bit-identical pixels."""
+    from kornia.enhance import jpeg_codec_differentiable
+
+    def ours(rgb8: np.ndarray, q: int, sub: str) -> np.ndarray:
+        code = torch.tensor([SUBSAMPLING[sub]], device=device)
+        return to_rgb8_array(jpeg(to_tensor(rgb8)[None].to(device), torch.tensor([q], device=device), code)[0])
+
+    def double(rgb8: np.ndarray, q: int) -> np.ndarray:  # q, then 90 with the grid shifted by (3, 5), as degrade()
+        once = jpeg(to_tensor(rgb8)[None].to(device), torch.tensor([q], device=device))
+        one = torch.ones(1, dtype=torch.long, device=device)
+        return to_rgb8_array(shifted_jpeg(once, one * 90, [SUBSAMPLING["4:2:0"]], one * 3, one * 5)[0])
+
+    result: dict[str, dict[str, float]] = {"identical_fraction": {}}
+    for q in QUALITIES:
+        rows: dict[str, list[float]] = {}
+        same = []
+        for rgb8 in images:
+            for sub, key in (("4:2:0", "device_jpeg"), ("4:4:4", "device_jpeg_444"), ("4:2:2", "device_jpeg_422")):
+                ref, mine = pil_jpeg(rgb8, q, sub), ours(rgb8, q, sub)
+                rows.setdefault(key, []).append(psnr_uint8(mine, ref))
+                same.append(float(np.mean(mine == ref)))
+            ref = pil_jpeg(rgb8, q, "4:2:0")
+            x = to_tensor(rgb8)[None].to(device)
+            kornia = to_rgb8_array(jpeg_codec_differentiable(x, torch.tensor([float(q)], device=device))[0])
+            rows.setdefault("kornia", []).append(psnr_uint8(kornia, ref))
+            ref2 = jpeg_shifted(ref, 90, "4:2:0", 3, 5)
+            rows.setdefault("device_double_jpeg", []).append(psnr_uint8(double(rgb8, q), ref2))
+        for key, values in rows.items():
+            result.setdefault(key, {})[str(q)] = round(float(np.mean(values)), 2)
+        result["identical_fraction"][str(q)] = round(float(np.mean(same)), 6)
+    return result
+
+
+def load_images(folder: Path | None, count: int) -> list[np.ndarray]:
+    """Up to `count` images of `folder` (any depth), else generated dead-leaves images."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder else []
+    return [load_rgb8(f) for f in files[:count]] if files else [render(i) for i in range(count)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None, help="FILE.json; FILE.md beside it")
+    parser.add_argument("--images", type=Path, default=None, help="clean images (default: generated dead leaves)")
+    parser.add_argument("--batches", default="32", help="comma-separated batch sizes")
+    parser.add_argument("--patches", default="128", help="comma-separated patch sizes (px)")
+    parser.add_argument("--codecs", default="float64,int32,compiled", help="comma-separated, of auto,compiled,...")
+    parser.add_argument("--pool", type=int, default=None, help="Pillow pool workers (default: all cores; 0: none)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--call-s", type=float, default=0.25, help="seconds of work per contender and round")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fidelity", action="store_true", help="JPEG fidelity to libjpeg instead of speed")
+    parser.add_argument("--limit", type=int, default=32, help="images read from --images")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device, images = torch.device(args.device), load_images(args.images, args.limit)
+    result = machine(device) | {"images": str(args.images or "dead leaves"), "image_count": len(images)}
+    if args.fidelity:
+        result["fidelity"] = found = fidelity(images, device)
+        keys = [k for k in found if k != "identical_fraction"]
+        rows = [{"method": k} | {str(q): found[k][str(q)] for q in QUALITIES} for k in keys + ["identical_fraction"]]
+        save(result, args.out, table(rows, {"method": "method"} | {str(q): str(q) for q in QUALITIES}))
+        return 0
+    pool = (os.cpu_count() or 1) if args.pool is None else args.pool
+    codecs = tuple(c for c in args.codecs.split(",") if c)
+    rows = []
+    for patch in (int(p) for p in args.patches.split(",")):
+        for batch in (int(b) for b in args.batches.split(",")):
+            found = compare(cut_patches(images, batch, patch, seed=1), codecs, args.rounds, device, pool, args.call_s)
+            rows += [{"batch": batch, "patch": patch, "contender": name} | row for name, row in found.items()]
+    result |= {"rows": rows, "rounds": args.rounds, "pool_workers": pool}
+    ops = lambda r: r.get("ops_per_call", {}).get("total", "")  # noqa: E731
+    columns = {"batch": "batch", "patch": "patch", "contender": "contender", "MPix/s": "mpix_per_s"}
+    save(
+        result,
+        args.out,
+        table(rows, columns | {"x Pillow": "vs_pillow", "x pool": "vs_pillow_pool", "aten ops per call": ops}),
+    )
+    return 0

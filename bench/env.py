@@ -1,4 +1,4 @@
-"""What this machine offers the project and what each part will use: `python -m bench.env [--json] [--out FILE]`.
+"""What this machine offers the project and what each part will use: `python -m bench env [--json] [--out FILE]`.
 
 One short report for users and bug reports: CPU cores and free RAM; torch, CUDA and its GPUs (free VRAM), MPS;
 NVIDIA DALI and which of its backends can run (CPU-only always when it imports, the GPU `mixed` decoder with CUDA);
@@ -76,6 +76,13 @@ def _cpu_name() -> str:
         return names[0] if names else platform.processor()
     except OSError:
         return platform.processor() or platform.machine()
+
+
+def clock_hz() -> float:
+    """The CPU clock /proc/cpuinfo reports (its first 'cpu MHz'); 3 GHz where it says nothing."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    return next((float(line.split(":")[1]) * 1e6 for line in lines if line.startswith("cpu MHz")), 3e9)
 
 
 def cuda_report() -> dict:
@@ -271,7 +278,3 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

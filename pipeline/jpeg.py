@@ -68,7 +68,7 @@ def resolve_codec(name: str, device: torch.device) -> str:
     """`auto` -> `compiled` on CUDA with Triton (the float64 codec fused by torch.compile: few kernel launches),
     `int32` on MPS (no float64 there), else `float64` (eager: on a CPU a cold compile costs minutes, more than it
     saves in a short run); an explicit name passes through. All are bit-exact to libjpeg; they differ in speed only
-    (`python -m bench.degradation`). `compiled` also runs on the CPU (Inductor's C++ backend, needs a compiler).
+    (`python -m bench degradation`). `compiled` also runs on the CPU (Inductor's C++ backend, needs a compiler).
     """
     if name not in CODECS:
         raise ValueError(f"unknown degrade.codec '{name}': choose one of {', '.join(CODECS)}")

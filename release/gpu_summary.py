@@ -99,8 +99,9 @@ def summarise(out: Path) -> dict:
         elif result is None and name in parts:
             why = f"the {name} part: {parts[name]['status']} {parts[name]['note']} (see {name}.log)".strip()
             judged = [t | {"measured": why} for t in judged]
-        elif result is not None and result["device"]["type"] != "cuda":  # a CPU rehearsal: the targets are a GPU's
-            judged = [t | {"measured": f"on {result['device']['type']}, not a GPU: {t['measured']}"} for t in judged]
+        elif result is not None and not result["device"]["device"].startswith("cuda"):  # a CPU rehearsal
+            where = result["device"]["device"]  # the targets are a GPU's
+            judged = [t | {"measured": f"on {where}, not a GPU: {t['measured']}"} for t in judged]
         targets += judged
     return {
         "cuda": bool(cuda.get("available")),

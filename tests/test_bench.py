@@ -20,9 +20,9 @@ import torch
 from conftest import TINY_MODEL_AND_LOADER, natural_image
 from PIL import Image
 
-from bench import env, stall
-from bench.config import SuiteConfig
-from bench.suite import SECTIONS, main, run_suite
+from bench import env, step
+from bench.__main__ import main as bench_main
+from bench.suite import SECTIONS, SuiteConfig, main, run_suite
 from release import gpu_summary
 from shards.pack import pack
 
@@ -60,15 +60,14 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def suite(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("suite") / "suite.json"
-    sections = tuple(s for s in SECTIONS if s != "infer")  # bench.infer has its own tests
-    return run_suite(sections, shards, torch.device("cpu"), SETTINGS, out, "python -m bench.suite (test)"), out
+    sections = tuple(s for s in SECTIONS if s != "infer")  # bench infer has its own tests (test_export.py)
+    return run_suite(sections, shards, torch.device("cpu"), SETTINGS, out, "python -m bench suite (test)"), out
 
 
 def timed_entries(result: dict) -> list[dict]:
     """Every measurement dict of the result that carries raw times."""
     sections = result["sections"]
-    entries = [row["device"] for row in sections["degradation"]["rows"]]
-    entries += list(sections["degradation"]["cpu_pool"].values())
+    entries = [row[key] for row in sections["degradation"]["rows"] for key in ("device", "cpu_pool")]
     entries += [p for p in sections["scaling"]["points"] if "skipped" not in p]
     entries += [run["ceiling"] for run in sections["training"]["runs"]]
     return entries
@@ -78,8 +77,8 @@ def test_suite_writes_json_markdown_and_plot(suite):
     result, out = suite
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
-    assert result["schema"] == "ml-restoration/bench.suite/1"
-    assert result["device"]["type"] == "cpu" and result["device"]["cpu_cores"] == os.cpu_count()
+    assert result["schema"] == "ml-restoration/bench.suite/2"
+    assert result["device"]["device"] == "cpu" and result["device"]["cpu_cores"] == os.cpu_count()
     assert result["versions"]["torch"] == torch.__version__ and result["versions"]["pillow"].endswith(PIL.__version__)
     assert saved["config"]["suite"] == json.loads(json.dumps(asdict(SETTINGS)))
     assert result["config"]["train_default"]["loader"]["batch_size"] == 4
@@ -88,7 +87,7 @@ def test_suite_writes_json_markdown_and_plot(suite):
     )
     table = out.with_suffix(".md").read_text()
     for heading in (
-        "python -m bench.suite (test)",
+        "python -m bench suite (test)",
         "| stage |",
         "| batch | patch px |",
         "img/s versus batch",
@@ -103,7 +102,7 @@ def test_suite_writes_json_markdown_and_plot(suite):
 def test_every_figure_is_the_median_of_its_repeats(suite):
     result, _ = suite
     entries = timed_entries(result)
-    assert len(entries) == 15  # 2 degradation rows, 1 CPU pool, 11 curve points (any worker count runs), 1 ceiling
+    assert len(entries) == 16  # 2 degradation rows and their CPU pools, 11 curve points (any worker count), 1 ceiling
     for entry in entries:
         assert len(entry["times_s"]) == SETTINGS.repeats
         assert entry["median_s"] == pytest.approx(statistics.median(entry["times_s"]), rel=2e-6)
@@ -137,7 +136,7 @@ def test_training_section_reads_the_trainers_own_metrics(suite):
     assert 0 <= train["data_wait_share"] <= 1 and 0 <= train["run_data_wait_share"] <= 1
     assert train["model"]["name"] == "resnet" and train["loader"]["patch_size"] == 32
     assert run["headroom"] == pytest.approx(run["ceiling"]["img_per_s"] / train["img_per_s"], rel=1e-2)
-    assert run["meets_target"] == (train["data_wait_share"] <= stall.TARGET_DATA_WAIT_SHARE)
+    assert run["meets_target"] == (train["data_wait_share"] <= step.TARGET_DATA_WAIT_SHARE)
 
 
 def test_summarise_weights_windows_by_their_duration():
@@ -148,12 +147,12 @@ def test_summarise_weights_windows_by_their_duration():
         {"step": 30, "img_per_s": 40.0, "data_wait_share": 0.1},  # 1 s
         {"step": 30, "val": {}},
     ]
-    summary = stall.summarise(rows, batch_size=4)
+    summary = step.summarise(rows, batch_size=4)
     assert summary["run_data_wait_share"] == pytest.approx((0.5 * 4 + 0.1 * 1) / 6, abs=1e-5)
     assert summary["data_wait_share"] == pytest.approx(0.05) and summary["img_per_s"] == 40.0
     assert summary["first_window_data_wait_share"] == 0.5
     with pytest.raises(ValueError, match="no metrics rows"):
-        stall.summarise([{"message": "x"}], batch_size=4)
+        step.summarise([{"message": "x"}], batch_size=4)
 
 
 def test_gpu_summary_judges_the_measurements(suite):
@@ -232,41 +231,61 @@ def test_gpu_check_without_cuda_exits_cleanly_and_says_so(tmp_path):
     assert json.loads((tmp_path / "out" / "env.json").read_text())["cuda"]["available"] is False
 
 
-def test_train_modes_bench_times_every_mode(tmp_path):
-    from bench.train_modes import main
-
-    out = tmp_path / "modes.json"
-    main(["--batch", "2", "--patch", "32", "--rounds", "1", "--steps", "1", "--out", str(out)])
-    result = json.loads(out.read_text())
-    assert set(result["modes"]) == {"fp32", "fp32_channels_last", "bf16", "bf16_channels_last"}
-    assert result["modes"]["fp32"]["vs_fp32"] == 1.0
-    assert all(row["mpix_per_s"] > 0 and row["steps"] == 1 for row in result["modes"].values())
-    assert isinstance(result["cpu_native_bf16"], bool)
-
-
-def test_photo_bench_sizes_flop_limit_table_and_plot(tmp_path):
-    """bench.photo's photo sizes (4:3), its FLOP-limited time (MACs / (threads x clock x 16)), table and plot;
-    the timed runs themselves are not run here (minutes per photo)."""
-    from bench import photo
-
-    assert photo.photo_hw(12) == (3000, 4000) and photo.photo_hw(1) == (864, 1152)
-    limit = photo.flop_limit_s_per_mp(19.9e9, 2)
-    assert limit == pytest.approx(19.9e9 / (2 * photo.clock_hz() * photo.MACS_PER_CYCLE))
-    measured = {"peak_rss_mib": 900.0, "size": "x", "passes": 1.3}
-    rows = [photo._row("openvino", mp, [{"s_per_mp": s, **measured}], limit) for mp, s in ((1, 2.0), (12, 2.4))]
-    rows.append({"runtime": "torch", "megapixels": 12, "error": "exit 1"})
-    assert rows[1]["vs_flop_limit"] == round(2.4 / limit, 1) and "error: exit 1" in photo.markdown(rows, limit)
-    photo.plot(rows, limit, tmp_path / "photo.png")
-    assert (tmp_path / "photo.png").stat().st_size > 1000
-
-
-def test_step_bench_times_the_training_step_and_chooses_a_batch(tmp_path):
-    from bench.step import main
-
+def test_step_times_every_mode_and_batch_and_chooses_a_batch(tmp_path, capsys):
+    """`python -m bench step`: the trainer's step per (mode, batch) in interleaved rounds, ops, the chosen batch."""
     out = tmp_path / "step.json"
     sets = ["model.kwargs={width: 8}", "loader.patch_size=32", "degrade.codec=float64", "run.threads=1"]
-    argv = ["--out", str(out), "--batches", "2,4", "--steps", "2", "--device", "cpu"]
-    assert main(argv + [arg for s in sets for arg in ("--set", s)]) == 0
+    argv = ["step", "--out", str(out), "--batches", "2,4", "--modes", "fp32,bf16", "--steps", "1", "--rounds", "2"]
+    assert bench_main(argv + ["--device", "cpu"] + [arg for s in sets for arg in ("--set", s)]) == 0
     result = json.loads(out.read_text())
-    assert [row["batch"] for row in result["rows"]] == [2, 4] and result["chosen_batch"] in (2, 4)
-    assert all(row["img_per_s"] > 0 and 100 < row["ops_per_step"] < 5000 for row in result["rows"])
+    assert [(r["mode"], r["batch"]) for r in result["rows"]] == [("fp32", 2), ("fp32", 4), ("bf16", 2), ("bf16", 4)]
+    assert result["chosen_batch"] in (2, 4) and [r["amp"] for r in result["rows"]][::2] == ["fp32", "torch.bfloat16"]
+    for row in result["rows"]:
+        assert len(row["times_s"]) == 2 and row["median_s"] == pytest.approx(
+            statistics.median(row["times_s"]), rel=2e-6
+        )
+        assert row["img_per_s"] > 0 and 100 < row["ops_per_step"] < 5000
+    assert all(r["vs_first_mode"] == 1.0 for r in result["rows"] if r["mode"] == "fp32")
+    assert "| fp32 | 2 | 32 |" in out.with_suffix(".md").read_text() and "chosen batch" in capsys.readouterr().out
+
+
+def test_degradation_compares_every_codec_with_pillow_in_interleaved_rounds(tmp_path):
+    out = tmp_path / "degradation.json"
+    argv = ["degradation", "--out", str(out), "--batches", "4", "--patches", "32", "--codecs", "float64,int32"]
+    assert bench_main(argv + ["--rounds", "2", "--call-s", "0.01", "--pool", "2"]) == 0
+    rows = {row["contender"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"pillow", "pillow_pool", "float64", "int32"}
+    for codec in ("float64", "int32"):
+        assert rows[codec]["vs_pillow"] == pytest.approx(rows[codec]["mpix_per_s"] / rows["pillow"]["mpix_per_s"], 1e-3)
+        assert rows[codec]["ops_per_call"]["total"] > 100 and len(rows[codec]["times_s"]) == 2
+    assert rows["int32"]["ops_per_call"]["total"] > rows["float64"]["ops_per_call"]["total"]  # butterflies vs GEMM
+
+
+def test_data_formats_and_the_dispatcher(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    for i in range(3):
+        Image.fromarray(natural_image(48, 64, seed=700 + i)).save(tmp_path / "src" / f"{i}.jpg", quality=90)
+    out = tmp_path / "formats.json"
+    assert bench_main(["data", "--formats", str(tmp_path / "src"), "--out", str(out)]) == 0
+    rows = {row["format"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"source_jpeg", "png_level1", "png_level6", "npy"}
+    assert rows["npy"]["shard_bytes"] > rows["png_level6"]["shard_bytes"] > rows["source_jpeg"]["shard_bytes"]
+    assert bench_main(["bogus"]) == 2 and "python -m bench {data," in capsys.readouterr().out
+
+
+def test_photo_sizes_flop_limit_table_and_plot(tmp_path):
+    """bench infer --photo's photo sizes (4:3), FLOP-limited time (MACs / (threads x clock x 16)), rows and plot;
+    the timed runs themselves are not run here (minutes per photo)."""
+    from bench import infer, merge_runs
+
+    assert infer.photo_hw(12) == (3000, 4000) and infer.photo_hw(1) == (864, 1152)
+    limit = infer.flop_limit_s_per_mp(19.9e9, 2)
+    assert limit == pytest.approx(19.9e9 / (2 * env.clock_hz() * infer.MACS_PER_CYCLE))
+    measured = {"peak_rss_mib": 900.0, "size": "x", "passes": 1.3, "seconds": 1.0}
+    runs = {mp: [{"s_per_mp": s, **measured}, {"s_per_mp": 2 * s, **measured}] for mp, s in ((1, 2.0), (12, 2.4))}
+    rows = [merge_runs({"runtime": "openvino", "megapixels": mp}, found, limit) for mp, found in runs.items()]
+    rows.append(merge_runs({"runtime": "torch", "megapixels": 12}, [{"error": "exit 1"}]))
+    assert rows[1]["s_per_mp"] == 3.6 and rows[1]["min_s_per_mp"] == 2.4
+    assert rows[1]["vs_flop_limit"] == round(3.6 / limit, 1) and "exit 1" in infer.photo_markdown(rows, limit)
+    infer.plot(rows, limit, tmp_path / "photo.png")
+    assert (tmp_path / "photo.png").stat().st_size > 1000

@@ -18,7 +18,8 @@ from PIL import Image
 
 import export.onnx as onnx_export
 import export.trt_plan as plan
-from bench.infer import child, markdown, merge
+from bench import merge_runs
+from bench.infer import forward_markdown, measure_child
 from export.__main__ import main
 from export.calibration import CalibrationError, calibration_batches
 from export.checks import output_problem
@@ -246,10 +247,10 @@ def test_bench_child_measures_eager_and_ort(tmp_path):
     files = {"onnx": str(tmp_path / "tiny.onnx")}
     export_onnx(tiny_source(), files["onnx"])
     spec = {"size": 48, "threads": 1, "device": "cpu", "model": str(tiny_checkpoint(tmp_path)), "files": files}
-    runs = {name: [child({**spec, "backend": name}) for _ in range(2)] for name in ("eager", "ort")}
-    rows = [{"backend": name, "size": "48x48", **merge(measured)} for name, measured in runs.items()]
+    runs = {name: [measure_child({**spec, "backend": name}) for _ in range(2)] for name in ("eager", "ort")}
+    rows = [merge_runs({"backend": name}, measured) for name, measured in runs.items()]
     assert all(row["ms_per_mpix"] > 0 and len(row["times_ms"]) == 2 and row["peak_rss_mib"] > 0 for row in rows)
-    assert "| ort | 48x48 |" in markdown(rows)
+    assert "| ort | 48x48 |" in forward_markdown(rows)
 
 
 FOUND = {"TensorRT": importlib.util.find_spec("tensorrt") is not None, "CUDA": torch.cuda.is_available()}

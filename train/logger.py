@@ -30,7 +30,7 @@ from train.distributed import DistEnv, mean_over_ranks
 class DeviceClock:
     """GPU-busy share from CUDA events: for each step, the device time from its first queued kernel to its last,
     summed over a log window and divided by the window's wall time. A GPU starved by the loader or by host work
-    between steps shows as idle; gaps inside a step (a launch-bound step) do not: `bench.step` measures those with
+    between steps shows as idle; gaps inside a step (a launch-bound step) do not: `bench step` measures those with
     the profiler. Off (None) on other devices. Reading the events waits for the window's last step: log steps only.
     """
 
