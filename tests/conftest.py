@@ -211,3 +211,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def one_error_line(stderr: str, *words: str) -> str:
+    """The error line of a refused command: exactly one, no traceback, holding `words`."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, stderr
+    assert all(word in lines[0] for word in words), (words, lines[0])
+    return lines[0]
