@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.command import run_command
 from release import ledger, workspace
 from release.workspace import ROOT, cpu_words, git_commit, shown
 
@@ -205,4 +206,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m release.campaign"))
