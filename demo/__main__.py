@@ -9,8 +9,7 @@ import socket
 import sys
 
 from demo.core import DEFAULT_MAX_PIXELS
-from infer.backends import PRECISIONS, open_backend
-from infer.runtime import RUNTIMES
+from infer.backends import PRECISIONS, RUNTIMES, open_backend
 from pipeline.command import CommandError, run_command
 
 

@@ -26,9 +26,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--model", type=Path, default=None, help=f"checkpoint (default: {SHIPPED_MODEL.name})")
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--tolerance", type=float, default=None, help="max abs difference allowed against eager")
-        if name != "tensorrt":
+        if name == "torchscript":
             p.add_argument("--conditioned", action="store_true", help="add the (N, 4) `condition` input")
     onnx = sub.choices["onnx"]
+    strength = onnx.add_mutually_exclusive_group()
+    strength.add_argument(
+        "--conditioned",
+        action="store_true",
+        default=None,
+        help="the (N, 4) `condition` input (default: when the model has one)",
+    )
+    strength.add_argument(
+        "--blind", dest="conditioned", action="store_false", default=None, help="no `condition` input"
+    )
     onnx.add_argument("--opset", type=int, default=17, help="17 (default, TensorRT 8.6) or 18+ (dynamo exporter)")
     onnx.add_argument("--fp16", action="store_true", help="float16 weights/activations, LayerNorm statistics fp32")
     onnx.add_argument("--static-shape", type=parse_shape, default=None, help="fix the input shape, e.g. 1x3x1024x1024")
@@ -85,6 +95,7 @@ def run(args: argparse.Namespace) -> float:
         opset=args.opset,
         fp16=args.fp16,
         conditioned=args.conditioned,
+        pooled_io=args.opset < 18,  # what tiled inference of the file needs (infer.backends)
         static_shape=args.static_shape,
         tolerance=args.tolerance,
     )

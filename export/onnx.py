@@ -1,20 +1,17 @@
 """ONNX export: one self-contained `.onnx` file, dynamic batch/height/width, checked with onnx.checker and ONNX Runtime.
 
-Input `degraded` (N, 3, H, W) float32 in [0, 1] (plus `condition` (N, 4) float32 with `--conditioned`), output
-`restored`, same shape, float32. `fp16=True` stores weights and computes activations in float16 inside the graph
-(casts at its two ends keep the I/O float32), while LayerNorm2d's `.float()` casts keep the normalisation
-statistics in float32 (`norm_precisions` reads that back from the graph). Model name, kwargs, step, stride,
-precision and inputs go into `metadata_props`.
+Inputs: `degraded` (N, 3, H, W) float32 in [0, 1]; `condition` (N, 4) float32 (`model.condition`, an all-zero row
+is blind) when the model has the strength control. Output: `restored`, same shape, float32. `fp16=True` computes
+in float16 inside the graph with float32 I/O and float32 normalisation statistics (`norm_precisions` checks).
+Model name, kwargs, step, stride, precision and inputs go into `metadata_props`.
 
 A model with global pooling (NAFNet's channel attention) also gets the pooled I/O of `model.pooling`: inputs
-`pooled_means`, `pooled_mix`, `pooled_core` with defaults stored in the file (local pooling: the plain model), and
-the output `pooled_sums`, so tiled inference of the graph can use whole-image statistics. Callers that feed only
-`degraded` (and `condition`) and read `restored` see the plain graph. Written by the opset-17 exporter only.
+`pooled_means`, `pooled_mix`, `pooled_core` and the output `pooled_sums`, so tiles can use whole-image statistics.
+Every input is required: an initializer standing in as a default makes onnxruntime warn on every session.
+`blind_feeds` gives the rest for a caller that has only `degraded`: a blind condition and local pooling.
 
-Exporter choice, by measurement (torch 2.13, onnx 1.23): the default dynamo exporter writes opset 18 and its
-down-conversion to 17 fails on this model ("No Adapter To Version $17 for Pad") and silently leaves opset 18,
-which TensorRT 8.6 (the last release for Pascal GPUs) does not parse. Opset <= 17 therefore uses the TorchScript-
-based exporter, which writes opset 17 natively; opset >= 18 uses the dynamo exporter (needs onnxscript).
+Opset 17 (the default, what TensorRT 8.6 parses) is written by the TorchScript-based exporter, opset 18 and later by
+the dynamo exporter (docs/export.md says why).
 """
 
 from __future__ import annotations
@@ -42,6 +39,7 @@ from export.parity import (
 )
 from export.trt_plan import is_norm_layer
 from model import float32_modules
+from model.condition import COND_DIM
 from model.pooling import POOLED_INPUTS, POOLED_OUTPUT, WHOLE_CORE, PoolRequest, attach_pooled_io, run_pooled
 
 DEFAULT_OPSET = 17  # the newest TensorRT 8.6's ONNX parser accepts
@@ -80,22 +78,28 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
-    conditioned: bool = False,
+    conditioned: bool | None = False,
+    pooled_io: bool = False,
     static_shape: tuple[int, int, int, int] | None = None,
     tolerance: float | None = None,
 ) -> float:
     """Export, check and verify against eager; returns the worst max abs difference over the parity inputs.
 
-    `static_shape` exports a graph fixed to that input shape (parity then runs at that shape only).
+    `conditioned`: the `condition` input (None: when the model has the strength control); `pooled_io`: the pooled
+    I/O inputs and output (opset 17 only). `python -m export onnx` asks for both by default: the plain graph here is
+    for callers that feed `degraded` alone. `static_shape` fixes the input shape (parity then runs at it only).
     """
     out = Path(out)
     if out.suffix != ".onnx":
         raise ExportError(f"ONNX files end in .onnx, got {out.name}")
+    conditioned = source.conditionable if conditioned is None else conditioned
     if conditioned and not source.conditionable:
         raise ExportError(f"{source.path} is a blind model: --conditioned needs a model built with conditioned=True")
     precision = "fp16" if fp16 else "fp32"
     tolerance = TOLERANCE[precision] if tolerance is None else tolerance
-    graph = OnnxGraph(source.model, half=fp16, pooled_io=opset < 18).eval()
+    if pooled_io and opset >= 18:
+        raise ExportError("pooled I/O is written by the opset-17 exporter only: use --opset 17")
+    graph = OnnxGraph(source.model, half=fp16, pooled_io=pooled_io).eval()
     props = metadata(
         source,
         precision=precision,
@@ -132,7 +136,7 @@ def check_pooled_parity(session, source: Source, shape: tuple[int, ...], conditi
         padded_pixels = -(-height // source.stride) * source.stride * -(-width // source.stride) * source.stride
         inject = PoolRequest(core, collect.sums / padded_pixels * 0.8)  # means other than the input's own
         expected = run_pooled(model, inputs, inject)
-    feeds = {node.name: tensor.numpy() for node, tensor in zip(session.get_inputs(), inputs, strict=True)}
+    feeds = {name: tensor.numpy() for name, tensor in zip(["degraded", "condition"], inputs, strict=False)}
     feeds |= {"pooled_means": inject.means.numpy(), "pooled_mix": np.zeros(1, np.float32), "pooled_core": core.numpy()}
     restored, sums = (torch.from_numpy(array) for array in session.run(["restored", POOLED_OUTPUT], feeds))
     scale = float(inject.sums.abs().max()) or 1.0  # sums grow with the image: compare them relative to their size
@@ -202,30 +206,26 @@ def finish(path: Path, opset: int, props: dict[str, str]) -> None:
     if written != opset:
         raise ExportError(f"the exporter wrote opset {written}, not the {opset} asked for")
     onnx.helper.set_model_props(proto, props)
-    add_pooled_defaults(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     stray = path.with_name(path.name + ".data")
     stray.unlink(missing_ok=True)
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def add_pooled_defaults(proto: onnx.ModelProto) -> None:
-    """Give the pooled I/O inputs defaults (initializers of the same names: local pooling over the whole input), so
-    onnxruntime lists them as overridable initializers and a caller may feed `degraded` alone."""
-    graph_inputs = {value.name: value for value in proto.graph.input}
-    if not all(name in graph_inputs for name in POOLED_INPUTS):
-        return
-    channels = graph_inputs["pooled_means"].type.tensor_type.shape.dim[0].dim_value
-    defaults = {
-        "pooled_means": np.zeros(channels, np.float32),
-        "pooled_mix": np.ones(1, np.float32),
-        "pooled_core": np.array([WHOLE_CORE], np.int64),
-    }
-    present = {tensor.name for tensor in proto.graph.initializer}
-    for name, value in defaults.items():
-        if name not in present:
-            proto.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
-    proto.ir_version = max(proto.ir_version, 4)  # inputs with initializers as defaults: IR 4 and later
+def blind_feeds(session, batch: int) -> dict[str, np.ndarray]:
+    """Feeds for the inputs other than `degraded` of an onnxruntime `session`: a blind condition for `batch` images
+    and local pooling over the whole input (the plain model)."""
+    feeds: dict[str, np.ndarray] = {}
+    for node in session.get_inputs():
+        if node.name == "condition":
+            feeds[node.name] = np.zeros((batch, COND_DIM), np.float32)
+        elif node.name == "pooled_means":
+            feeds[node.name] = np.zeros(node.shape[0], np.float32)
+        elif node.name == "pooled_mix":
+            feeds[node.name] = np.ones(1, np.float32)
+        elif node.name == "pooled_core":
+            feeds[node.name] = np.array([WHOLE_CORE] * batch, np.int64)
+    return feeds
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -240,7 +240,6 @@ def ort_session(path: str | os.PathLike, threads: int = 0, level: str = "all", p
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # not the warning that the pooled I/O defaults are overridable initializers
     options.intra_op_num_threads = threads
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -252,13 +251,14 @@ def ort_session(path: str | os.PathLike, threads: int = 0, level: str = "all", p
 
 
 def run_session(session, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Run an ONNX Runtime session on `(degraded[, condition])` CPU tensors; returns `restored` as a tensor."""
-    names = [node.name for node in session.get_inputs()]  # required inputs (pooled I/O ones have defaults)
-    if len(names) != len(inputs):
-        raise ExportError(f"the graph takes inputs {names}, {len(inputs)} given")
-    feeds = {
-        name: np.ascontiguousarray(tensor.numpy(), dtype=np.float32) for name, tensor in zip(names, inputs, strict=True)
-    }
+    """Run an ONNX Runtime session on `(degraded[, condition])` CPU tensors; returns `restored` as a tensor. Inputs
+    left out get `blind_feeds`: no condition is blind restoration."""
+    names = ["degraded", "condition"][: len(inputs)]
+    if len(inputs) == 2 and "condition" not in {node.name for node in session.get_inputs()}:
+        raise ExportError("the graph is blind: it takes no condition")
+    feeds = blind_feeds(session, len(inputs[0]))
+    pairs = zip(names, inputs, strict=True)
+    feeds |= {name: np.ascontiguousarray(tensor.numpy(), dtype=np.float32) for name, tensor in pairs}
     return torch.from_numpy(session.run(["restored"], feeds)[0])
 
 

@@ -200,10 +200,10 @@ def export_tensorrt(
         if source is None:
             raise ExportError("export_tensorrt needs an ONNX file or a source checkpoint")
         onnx_path = fp32_onnx = out.with_suffix(".onnx")
-        export_onnx(source, fp32_onnx)
+        export_onnx(source, fp32_onnx, conditioned=None)  # the strength control when the model has it
         if precision == "fp16" and major >= 10:
             onnx_path = out.with_suffix(".fp16.onnx")
-            export_onnx(source, onnx_path, fp16=True)
+            export_onnx(source, onnx_path, fp16=True, conditioned=None)
     else:
         fp32_onnx = onnx_path if read_metadata(onnx_path).get("precision", "fp32") == "fp32" else None
     stride = source.stride if source is not None else int(read_metadata(onnx_path).get("stride") or 1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from infer.backends import DEFAULT_STRIDE, Backend, cpu_threads
+from infer.backend_base import DEFAULT_STRIDE, Backend, cpu_threads
 from model.condition import encode_condition
 from model.pooling import POOLED_INPUTS, POOLED_OUTPUT, PoolRequest
 
@@ -15,8 +15,8 @@ from model.pooling import POOLED_INPUTS, POOLED_OUTPUT, PoolRequest
 class OnnxBackend(Backend):
     """An ONNX file run by onnxruntime, in the precision its graph computes in (the `precision` metadata written by
     `export.onnx`, else the input type). An fp16 graph whose output fails the check is converted to fp32 in memory
-    (float16 weights, casts and types widened) and run again. A conditioned file has a second input; the stride
-    comes from the file's metadata (`stride`) when recorded, else `DEFAULT_STRIDE`."""
+    (float16 weights, casts and types widened) and run again. A file with a `condition` input has the strength
+    control; the stride comes from the file's metadata (`stride`) when recorded, else `DEFAULT_STRIDE`."""
 
     def __init__(self, path: Path, device: torch.device, precision: str) -> None:
         import onnxruntime as ort
@@ -40,8 +40,9 @@ class OnnxBackend(Backend):
         if precision != file_precision:
             notes.append(f"{path.name} holds a {file_precision} graph: it runs in {file_precision}, not {precision}")
         stride = int(metadata.get("stride", DEFAULT_STRIDE))
+        conditioned = "condition" in self.inputs
         super().__init__(
-            f"onnx:{path.name}", device if on_cuda else torch.device("cpu"), stride, len(inputs) > 1, file_precision
+            f"onnx:{path.name}", device if on_cuda else torch.device("cpu"), stride, conditioned, file_precision
         )
         self.notes.extend(notes)
         self.pool_channels = self.pooled_io_channels
@@ -55,14 +56,14 @@ class OnnxBackend(Backend):
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_threads()
-        options.log_severity_level = 3  # not the warning that the pooled I/O defaults are overridable initializers
         self.session = ort.InferenceSession(model, options, providers=self.providers)
-        inputs = self.session.get_inputs()  # the required ones; pooled I/O inputs have defaults (initializers)
-        self.inputs = [(i.name, "float16" if i.type == "tensor(float16)" else "float32") for i in inputs]
-        overridable = {i.name: i.shape for i in self.session.get_overridable_initializers()}
+        self.inputs = {
+            i.name: "float16" if i.type == "tensor(float16)" else "float32" for i in self.session.get_inputs()
+        }
         outputs = [o.name for o in self.session.get_outputs()]
-        has_io = all(name in overridable for name in POOLED_INPUTS) and POOLED_OUTPUT in outputs
-        self.pooled_io_channels = int(overridable["pooled_means"][0]) if has_io else 0
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        has_io = all(name in inputs for name in POOLED_INPUTS) and POOLED_OUTPUT in outputs
+        self.pooled_io_channels = int(inputs["pooled_means"][0]) if has_io else 0
 
     def _run(self, inputs: torch.Tensor, condition: torch.Tensor | None, pooling: PoolRequest | None) -> torch.Tensor:
         if self.conditioned and condition is None:
@@ -71,13 +72,13 @@ class OnnxBackend(Backend):
         outputs, sums = [], []
         names = ["restored"] if pooling is None else ["restored", POOLED_OUTPUT]
         for start in range(0, len(inputs), step):
-            tensors = [inputs[start : start + step]]
+            tensors = {"degraded": inputs[start : start + step]}
             if self.conditioned:
-                tensors.append(condition[start : start + step])
-            pairs = zip(self.inputs, tensors, strict=False)
-            feeds = {name: tensor.cpu().numpy().astype(dtype) for (name, dtype), tensor in pairs}
-            if pooling is not None:
-                feeds |= pooled_feeds(pooling, start, step, self.pool_channels)
+                tensors["condition"] = condition[start : start + step]
+            feeds = {name: tensor.cpu().numpy().astype(self.inputs[name]) for name, tensor in tensors.items()}
+            if self.pool_channels:
+                request = pooling or PoolRequest.whole(len(tensors["degraded"]))  # local pooling: the plain model
+                feeds |= pooled_feeds(request, start if pooling else 0, step, self.pool_channels)
             results = self.session.run(names, feeds)
             outputs.append(torch.from_numpy(results[0]).float())
             sums += [torch.from_numpy(results[1]).float()] if pooling is not None else []

@@ -1,10 +1,10 @@
 """OpenVINO runtime for the ONNX files `export.onnx` writes: `OpenVinoBackend(path, precision)` (CPU only here).
 
-OpenVINO reads the ONNX file itself. Its ONNX reader folds inputs that have defaults (the pooled I/O inputs of
-`model.pooling`) into constants, so the graph is handed over with those defaults removed: the pooled inputs are then
-plain inputs, fed on every call (the defaults when no statistics are requested). Precision: fp32 computes in f32
-(`INFERENCE_PRECISION_HINT`); bf16 asks the CPU plugin for bf16, which is fast only on CPUs with native bf16
-(AVX512_BF16 / AMX) and is checked like every reduced-precision output (`infer.backends.Backend`).
+OpenVINO reads the ONNX file itself and every input is fed on each call: `degraded`, the condition (all zeros,
+blind, when none is given) and the pooled I/O inputs (local pooling when no statistics are requested). Files that
+still carry defaults for the pooled inputs have them removed first: OpenVINO would fold them into constants.
+fp32 computes in f32 (`INFERENCE_PRECISION_HINT`); bf16 is fast only on CPUs with native bf16 (AVX512_BF16 / AMX)
+and is checked like every reduced-precision output (`infer.backend_base.Backend`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infer.backend_base import DEFAULT_STRIDE, Backend, cpu_threads
 from infer.backend_onnx import pooled_feeds
-from infer.backends import DEFAULT_STRIDE, Backend, cpu_threads
 from model.condition import encode_condition
 from model.pooling import POOLED_INPUTS, POOLED_OUTPUT, WHOLE_CORE, PoolRequest
 
@@ -24,18 +24,16 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 def strip_defaults(path: Path) -> tuple[bytes, int, dict[str, str]]:
-    """The ONNX graph in `path` without the defaults of its pooled I/O inputs, P (0 without pooled I/O) and the
-    file's metadata."""
+    """The ONNX graph in `path` without initializers standing in for its pooled I/O inputs, P (the pooled channels,
+    0 without pooled I/O) and the file's metadata."""
     import onnx
 
     proto = onnx.load(str(path))
     metadata = {prop.key: prop.value for prop in proto.metadata_props}
-    defaults = {t.name: t for t in proto.graph.initializer if t.name in POOLED_INPUTS}
-    channels = 0
-    if len(defaults) == len(POOLED_INPUTS):
-        channels = int(defaults["pooled_means"].dims[0])
-        for tensor in defaults.values():
-            proto.graph.initializer.remove(tensor)
+    for tensor in [t for t in proto.graph.initializer if t.name in POOLED_INPUTS]:
+        proto.graph.initializer.remove(tensor)
+    shapes = {value.name: value.type.tensor_type.shape.dim for value in proto.graph.input}
+    channels = int(shapes["pooled_means"][0].dim_value) if all(name in shapes for name in POOLED_INPUTS) else 0
     return proto.SerializeToString(), channels, metadata
 
 

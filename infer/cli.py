@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from infer.backends import PRECISIONS, Backend, open_backend, set_cpu_threads
+from infer.backends import PRECISIONS, RUNTIMES, Backend, open_backend, set_cpu_threads
 from infer.files import (
     Job,
     Loaded,
@@ -29,7 +29,6 @@ from infer.files import (
     source_tag,
     write_png,
 )
-from infer.runtime import RUNTIMES
 from infer.tiling import DEFAULT_OVERLAP, check_tile, restore
 from model import SHIPPED_MODEL
 from model.condition import encode_condition

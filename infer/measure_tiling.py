@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder of clean images")
     parser.add_argument("--model", type=Path, help="model file (default: model.SHIPPED_MODEL)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runtime", default="auto", help="auto, torch, onnxruntime, openvino (infer.runtime)")
+    parser.add_argument("--runtime", default="auto", help="auto, torch, onnxruntime, openvino (infer.backends)")
     parser.add_argument("--limit", type=int, default=8, help="first N images of the folder")
     parser.add_argument("--tiles", type=ints, default=[256, 384])
     parser.add_argument("--overlaps", type=ints, default=[32])

@@ -269,7 +269,7 @@ def test_pooled_io_agrees_across_runtimes(tmp_path):
     checkpoint = save_checkpoint(tiny_nafnet(conditioned=True), tmp_path / "c.pt", conditioned=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_onnx(load_source(checkpoint), tmp_path / "c.onnx", conditioned=True)
+        export_onnx(load_source(checkpoint), tmp_path / "c.onnx", conditioned=True, pooled_io=True)
     eager = open_backend(checkpoint, device="cpu")
     others = [open_backend(tmp_path / "c.onnx", device="cpu", runtime=r) for r in RUNTIMES_HERE[1:]]
     degraded = to_tensor(natural_image(44, 60, seed=3))[None]
@@ -341,7 +341,7 @@ def test_the_shipped_model_runs_on_the_fastest_usable_runtime(tmp_path, monkeypa
     assert backend.name.startswith("checkpoint") and "missing" in " ".join(backend.notes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_onnx(load_source(checkpoint), tmp_path / "shipped.onnx")
+        export_onnx(load_source(checkpoint), tmp_path / "shipped.onnx", conditioned=None, pooled_io=True)
     backend = open_backend(None, device="cpu")
     assert backend.chosen.startswith(RUNTIMES_HERE[-1]) and "fastest" in backend.chosen, backend.chosen
     save_checkpoint(tiny_nafnet(seed=5), checkpoint)  # new weights, old export
@@ -349,6 +349,29 @@ def test_the_shipped_model_runs_on_the_fastest_usable_runtime(tmp_path, monkeypa
     assert backend.name.startswith("checkpoint") and "not exported from" in " ".join(backend.notes)
     with pytest.raises(ValueError, match="not exported from"):
         open_backend(None, device="cpu", runtime="onnxruntime")
+
+
+def test_shipped_onnx_stands_in_only_with_the_strength_control(tmp_path, monkeypatch):
+    """A conditioned shipped checkpoint: a blind export of it is passed over, saying why; the export the command
+    writes by default has the condition input, so every runtime has the strength control."""
+    from export.__main__ import main as export_main
+    from export.onnx import export_onnx
+    from export.parity import load_source
+
+    checkpoint = save_checkpoint(tiny_nafnet(conditioned=True), tmp_path / "shipped.pt", conditioned=True)
+    monkeypatch.setattr(model_api, "SHIPPED_MODEL", checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(load_source(checkpoint), tmp_path / "shipped.onnx", pooled_io=True)  # blind
+        with pytest.raises(ValueError, match="no strength control"):
+            open_backend(None, device="cpu", runtime="onnxruntime")
+        export_main(["onnx", "--model", str(checkpoint), "--out", str(tmp_path / "shipped.onnx")])  # the defaults
+    for runtime in RUNTIMES_HERE:
+        backend = open_backend(None, device="cpu", runtime=runtime)
+        assert backend.conditioned and not backend.notes, (runtime, backend.notes)
+        degraded = torch.rand(1, 3, 23, 30)
+        told = backend(degraded, encode_condition(1, 25.0, 40.0))
+        assert told.shape == degraded.shape
 
 
 def test_memory_estimate_is_measured_once(blind_ckpt):
