@@ -78,7 +78,7 @@ def metadata(source: Source, **extra: Any) -> dict[str, str]:
         "step": "" if source.step is None else str(source.step),
         "stride": str(source.stride),
         "source_checkpoint": source.path.name,
-        "source_sha256": _sha256(source.path),  # infer.runtime: was the file exported from today's checkpoint
+        "source_sha256": _sha256(source.path),  # infer.backends: was the file exported from today's checkpoint
         "torch_version": torch.__version__,
         "io": "degraded: (N, 3, H, W) float32 RGB in [0, 1] -> restored: same shape; condition: (N, 4) float32",
     }

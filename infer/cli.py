@@ -29,10 +29,10 @@ from infer.files import (
     source_tag,
     write_png,
 )
+from infer.stats import stats_plan
 from infer.tiling import DEFAULT_OVERLAP, check_tile, restore
 from model import SHIPPED_MODEL
 from model.condition import encode_condition
-from model.pooling import stats_plan
 from pipeline.command import one_line
 from pipeline.io import to_rgb8_array, to_tensor
 
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stats",
         default="auto",
-        help="how tiles get whole-image pooling statistics: auto, local, sample:K, passes:N (model.pooling.stats_plan)",
+        help="how tiles get whole-image pooling statistics: auto, local, sample:K, passes:N (infer.stats)",
     )
     parser.add_argument("--sigma", type=float, help="noise sigma (0-255 scale) to remove: conditioned models only")
     parser.add_argument(

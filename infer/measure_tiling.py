@@ -1,7 +1,7 @@
 """How far tiled restoration is from untiled: `python -m infer.measure_tiling --data DIR [--model PATH] ...`.
 
 For each image (degraded with the real libjpeg, `pipeline.reference`) and each tile size, overlap and way of getting
-the pooling statistics (`--stats`, see `model.pooling.stats_plan`), it restores the image whole and tiled and reports
+the pooling statistics (`--stats`, see `infer.stats`), it restores the image whole and tiled and reports
 the PSNR change against the clean image (tiled minus untiled, mean and worst over images), the PSNR of the tiled
 output against the untiled one, the largest pixel difference in 8-bit levels, and the forward passes the tiles cost
 (model pixels run / image pixels). `--mosaic N` joins N x N photos (cropped to the smallest) into one larger real
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from infer.backends import open_backend
+from infer.stats import stats_plan
 from infer.tiling import restore
-from model.pooling import stats_plan
 from pipeline.command import run_command
 from pipeline.io import IMAGE_SUFFIXES, load_rgb8, to_tensor
 from pipeline.reference import degrade_reference
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         "--stats",
         type=lambda text: text.split(","),
         default=["local", "sample:4", "passes:1"],
-        help="comma-separated ways of getting the pooling statistics (model.pooling.stats_plan)",
+        help="comma-separated ways of getting the pooling statistics (infer.stats)",
     )
     parser.add_argument("--mosaic", type=int, default=1, help="join N x N images into one (default 1: as they are)")
     parser.add_argument("--degradations", default="25:50,10:90", help="sigma:quality pairs")

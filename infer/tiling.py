@@ -16,7 +16,8 @@ import torch
 
 from infer.grid import Box, fit_axis, tile_grid
 from infer.memory import Runnable, bytes_per_pixel, free_bytes
-from model.pooling import PoolRequest, StatsPlan, backend_pools, downscaled_means, in_lattice, stats_plan
+from infer.stats import StatsPlan, backend_pools, downscaled_means, in_lattice, stats_plan
+from model.pooling import PoolRequest
 
 DEFAULT_OVERLAP = 32
 MIN_TILE = 256  # auto tiles never go below this: the tiled NAFNet stays within 0.05 dB of untiled (docs)

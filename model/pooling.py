@@ -1,7 +1,7 @@
 """Whole-image channel statistics for tiled inference of models with global pooling (NAFNet's channel attention).
 
 A NAFBlock scales its channels by a 1x1 conv of the features' mean over the whole image; a tile only sees its own
-mean, which is what makes tiled NAFNet output drift from the untiled one (tenths of a dB, docs/infer.md). The
+mean, which is what makes tiled NAFNet output drift from the untiled one (docs/infer.md measures it). The
 statistics travel as tensors, so eager checkpoints and exported graphs share one mechanism ("pooled I/O"):
 
 - `pooled_means` `(P,)` float32: one mean per channel of every pool, concatenated in forward order;
@@ -14,12 +14,11 @@ statistics travel as tensors, so eager checkpoints and exported graphs share one
 
 `attach_pooled_io(module)` swaps every `ChannelAttention.pool` for a `PooledIO` layer (no parameters: state dict keys
 and the plain output are unchanged: with no request set it calls the original pool). `export.onnx` writes the same
-inputs and output into ONNX graphs, the inputs with defaults (local pooling), so a plain caller sees the old graph.
+inputs and output into ONNX graphs; `infer.stats` plans how tiles estimate the statistics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +29,6 @@ from model.blocks import ChannelAttention
 POOLED_INPUTS = ("pooled_means", "pooled_mix", "pooled_core")
 POOLED_OUTPUT = "pooled_sums"
 WHOLE_CORE = (0, 2**30, 0, 2**30)  # the default core: all of the input
-DEFAULT_STATS = "sample:4+passes:3"  # how tiles get whole-image statistics (stats_plan; docs/infer.md)
 
 
 @dataclass
@@ -139,59 +137,3 @@ def run_pooled(
             layer.request = None
     request.sums = torch.cat(shared["sums"]).float()
     return restored
-
-
-@dataclass(frozen=True)
-class StatsPlan:
-    downscale: int  # estimate from the image downscaled by this factor first (0: no)
-    passes: int  # then this many statistics passes over the sampled tiles
-    sample: int = 1  # the statistics passes run a lattice of small tiles this many apart (1: all the tiles)
-
-
-def in_lattice(row: int, column: int, spacing: int) -> bool:
-    """Whether tile (row, column) is in a lattice of every `spacing`-th row and column, each such row shifted by half
-    a spacing from the one before (so the samples spread like a quincunx)."""
-    return row % spacing == 0 and (column + (row // spacing) * (spacing // 2)) % spacing == 0
-
-
-def backend_pools(backend: object) -> bool:
-    return bool(getattr(backend, "pool_channels", 0))
-
-
-def stats_plan(backend: object, stats: str) -> StatsPlan:
-    """Parse `stats`, "auto" (= `DEFAULT_STATS`) or parts joined by "+": "local" (each tile pools alone),
-    "passes:N" (N statistics passes, each using the means of the one before, before the final pass), "sample:S"
-    (those passes run only every S-th row and column of a grid of `STATS_TILE` px tiles; one pass unless "passes"
-    says), "downscale:F" (start from the means of the image downscaled F times, run whole)."""
-    stats = DEFAULT_STATS if stats == "auto" else stats
-    if not backend_pools(backend):
-        return StatsPlan(0, 0)
-    found = {"downscale": 0, "passes": 0, "sample": 1}
-    for part in stats.split("+"):
-        kind, _, value = part.partition(":")
-        if kind == "local" and not value:
-            continue
-        if kind not in found or not value.isdigit():
-            raise ValueError(
-                f"unknown pooling statistics {stats!r}: use local, passes:N, sample:K, downscale:F "
-                "(or several joined by +)"
-            )
-        found[kind] = int(value)
-    if found["sample"] > 1 and "passes" not in stats:
-        found["passes"] = 1
-    if found["downscale"] and getattr(backend, "fixed_hw", None):  # a graph of one input size cannot run it
-        found["downscale"], found["passes"] = 0, max(found["passes"], 1)
-    return StatsPlan(**found)
-
-
-def downscaled_means(
-    backend: Callable, image: torch.Tensor, factor: int, condition: torch.Tensor | None
-) -> torch.Tensor:
-    """Whole-image pooled means of the image downscaled by `factor` (area average), run whole: `(P,)`."""
-    small_hw = (max(1, image.shape[-2] // factor), max(1, image.shape[-1] // factor))
-    small = torch.nn.functional.interpolate(image, size=small_hw, mode="area")
-    request = PoolRequest.whole()
-    backend(small, condition, pooling=request)
-    stride = backend.stride
-    pixels = -(-small_hw[0] // stride) * stride * (-(-small_hw[1] // stride) * stride)
-    return request.sums.cpu() / pixels

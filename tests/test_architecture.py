@@ -1,5 +1,5 @@
-"""The layout is the architecture: the import arrows between top-level folders, every doc path code cites, and
-test modules that share only through conftest.py.
+"""The layout is the architecture: the import arrows between top-level folders, no import cycle among the project's
+modules, every doc path code cites, and test modules that share only through conftest.py.
 
 `ALLOWED` is the table docs/architecture.md draws: which folders each folder's modules may import (module-level or
 inside functions, found with `ast`). A new arrow fails here until it is drawn there too; train/ is reached from
@@ -50,6 +50,61 @@ def arrows() -> dict[str, dict[str, set[str]]]:
                 if target in FOLDERS and target != folder:
                     found[folder].setdefault(target, set()).add(f"{path.relative_to(ROOT)} -> {name}")
     return found
+
+
+def module_graph(root: Path, folders: tuple[str, ...]) -> dict[str, set[str]]:
+    """module -> the project modules it imports, at module level or inside functions. `from pkg import name` is an
+    arrow to `pkg.name` when that is a module, else to `pkg` (a package's `__init__`)."""
+    paths = {}
+    for folder in folders:
+        for path in (root / folder).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in paths else node.module for a in node.names
+                }
+        graph[name] = {target for target in targets if target in paths and target != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (a list of modules, the first repeated at the end) per module that can reach itself, deduplicated."""
+    found: dict[frozenset[str], list[str]] = {}
+    for start in sorted(graph):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, path = stack.pop()
+            for target in sorted(graph[module]):
+                if target == start:
+                    found.setdefault(frozenset(path), [*path, start])
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, [*path, target]))
+    return list(found.values())
+
+
+def test_no_import_cycle_among_the_project_modules():
+    cycles = import_cycles(module_graph(ROOT, FOLDERS))
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_the_cycle_check_finds_a_cycle_through_a_function_level_import(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("from pkg import b\n")
+    (tmp_path / "pkg" / "b.py").write_text("import pkg.c\n")
+    (tmp_path / "pkg" / "c.py").write_text("def late():\n    from pkg.a import thing\n")
+    (tmp_path / "pkg" / "d.py").write_text("import pkg.a\n")  # reaches the cycle, is not in it
+    assert import_cycles(module_graph(tmp_path, ("pkg",))) == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]]
+    (tmp_path / "pkg" / "c.py").write_text("def late():\n    return 1\n")
+    assert import_cycles(module_graph(tmp_path, ("pkg",))) == []
 
 
 def test_imports_follow_the_drawn_arrows():

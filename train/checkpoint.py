@@ -28,7 +28,7 @@ from train.config import TrainConfig, to_dict
 from train.distributed import gather_to_main
 
 if TYPE_CHECKING:
-    from train.step import State
+    from train.state import State
 
 
 class RngState(TypedDict, total=False):

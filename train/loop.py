@@ -26,7 +26,8 @@ from train.checkpoint import restore, save, set_rng_state
 from train.config import TrainConfig
 from train.logger import RunLogger
 from train.precision import amp_dtype, describe
-from train.step import State, build_state, cpu_threads, lr_at, train_step
+from train.state import State
+from train.step import build_state, cpu_threads, lr_at, train_step
 from train.validate import ValSetsResult, validate_sets
 
 

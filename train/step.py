@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from train.config import LossConfig, OptimConfig, TrainConfig
 from train.distributed import DistEnv
 from train.ema import Ema
 from train.precision import amp_dtype
+from train.state import State
 
 LR_SCALING = {"none": lambda _n: 1.0, "sqrt": math.sqrt, "linear": float}  # peak lr factor for N ranks
 
@@ -68,22 +68,6 @@ def loss_fn(restored: torch.Tensor, clean: torch.Tensor, cfg: LossConfig) -> tor
     if cfg.ssim_weight > 0:
         loss = loss + cfg.ssim_weight * (1 - ssim(restored.clamp(0, 1), clean).mean())
     return loss
-
-
-@dataclass
-class State:
-    """Everything the loop mutates, so helpers can be plain functions; `env` is this process's place among ranks."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    ema: Ema | None
-    scaler: torch.amp.GradScaler | None
-    generator: torch.Generator  # on the device: noise, withheld conditions
-    host_generator: torch.Generator  # on the CPU: the degradation parameters (group sizes known without a sync)
-    env: DistEnv = field(default_factory=DistEnv)
-    step: int = 0
-    best_psnr: float = -math.inf
-    stop_signal: list[int] = field(default_factory=list)
 
 
 def build_state(cfg: TrainConfig, device: torch.device, env: DistEnv | None = None) -> State:
