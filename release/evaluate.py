@@ -1,5 +1,5 @@
 """The release results: `python -m release.evaluate [--model PATH]` runs every published protocol on CBSD68 and
-Kodak24 and writes what the README shows, so no figure there is typed by hand.
+Kodak24 and writes the results page and the README's headline, so no figure there is typed by hand.
 
 Runs (each also written in full, with plots and failure report, under `--out`):
 - anchor protocol (noise only, unclipped, `np.random.seed(0)`), sigma 15 / 25 / 50, next to the published figures;
@@ -9,8 +9,8 @@ Runs (each also written in full, with plots and failure report, under `--out`):
   depend on the model, so its run is reused from `--out`, or carried over from the committed results.json, when the
   same images and cells were measured before (`python -m evaluate --model identity --baseline bm3d ...` re-measures).
 Writes `docs/results/results.json` (the figures, the bars, per-image check rows that `tests/test_release.py`
-re-measures), `docs/results/*.png` (Kodak24 crops; BSDS500 images are research-only, so none of them is copied), and
-the block between the results markers in README.md and weights/README.md (`release.report`).
+re-measures), `docs/results/*.png` (Kodak24 crops; BSDS500 images are research-only, so none of them is copied), the
+results block of docs/results.md and the headline block of README.md (`release.report`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from evaluate.strength import strength_figure
 from model import SHIPPED_MODEL, count_params, is_conditioned, macs_per_megapixel
 from pipeline.command import run_command
 from pipeline.io import load_rgb8
-from release.report import render, replace_block
+from release.report import HEADLINE_BEGIN, HEADLINE_END, render, render_headline, replace_block
 from release.results import Bm3dCell, Bm3dSummary, CachedRun, CheckRow, ReleaseSummary
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS_PAGE = ROOT / "docs" / "results.md"
 SETS = ("CBSD68", "Kodak24")
 ANCHOR_SIGMAS = (15.0, 25.0, 50.0)
 GRID_SIGMAS = (0.0, 5.0, 15.0, 25.0, 50.0)
@@ -197,21 +198,30 @@ def summarise(
     return jsonable(summary)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="checkpoint (default: the shipped model)")
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data" / "test")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "release", help="full evaluation outputs")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "results", help="results.json and crops")
     parser.add_argument("--bm3d-limit", type=int, help=f"images per set for CBM3D (0 = skip; default {BM3D_IMAGES})")
-    parser.add_argument("--readme", type=Path, nargs="*", default=[ROOT / "README.md", ROOT / "weights" / "README.md"])
+    parser.add_argument(
+        "--pages", "--readme", type=Path, nargs="*", default=[RESULTS_PAGE], help="pages with the results block"
+    )
+    parser.add_argument(
+        "--headline", type=Path, nargs="*", default=[ROOT / "README.md"], help="pages with the headline"
+    )
     parser.add_argument(
         "--prepare",
         choices=SETS,
         help="only run this set's evaluations into --out and stop (one process per set runs "
         "them in parallel; the full command then reuses them)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     model = load_model_arg(str(args.model))
     if model is None:
         raise SystemExit("--model identity: the release results are a checkpoint's (the identity is each cell's input)")
@@ -244,9 +254,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     summary = summarise(args.model, model, runs, bm3d, crops, command)
     (args.docs / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    for readme in args.readme:
-        replace_block(readme, render(summary, readme.parent, args.docs))
-    print(f"wrote {args.docs}/results.json and the results blocks of {', '.join(map(str, args.readme))}")
+    write_pages(summary, args.pages, args.headline, args.docs)
+    print(f"wrote {args.docs}/results.json and the blocks of {', '.join(map(str, args.pages + args.headline))}")
+
+
+def write_pages(summary: ReleaseSummary, pages: list[Path], headlines: list[Path], docs: Path) -> None:
+    """The full results block into each of `pages`, the headline (linking to the first page) into `headlines`."""
+    for page in pages:
+        replace_block(page, render(summary, page.parent, docs))
+    for page in headlines:
+        block = render_headline(summary, page.parent, pages[0] if pages else RESULTS_PAGE)
+        replace_block(page, block, HEADLINE_BEGIN, HEADLINE_END)
 
 
 if __name__ == "__main__":

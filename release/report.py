@@ -1,4 +1,5 @@
-"""Markdown of the release results (`release.evaluate`'s results.json) and the marker-delimited README blocks."""
+"""Markdown of the release results (`release.evaluate`'s results.json): the full results block of docs/results.md,
+the headline block of README.md, and `replace_block`, which writes a block between its markers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from evaluate.results import CellSummary
 from release.results import Bm3dSummary, ReleaseSummary
 
 BEGIN, END = "<!-- results:begin (python -m release.evaluate) -->", "<!-- results:end -->"
+HEADLINE_BEGIN, HEADLINE_END = "<!-- headline:begin (python -m release.evaluate) -->", "<!-- headline:end -->"
 # The published anchor figures are data (release/published.json: the table, its source, the sigmas), not code.
 _PUBLISHED = json.loads((Path(__file__).with_name("published.json")).read_text())
 PUBLISHED = {name: {m: tuple(v) for m, v in rows.items()} for name, rows in _PUBLISHED["psnr_db"].items()}
@@ -180,6 +182,18 @@ def render(summary: ReleaseSummary, readme_dir: Path, docs_dir: Path) -> str:
     lines += _failure(summary, link)
     lines += _strength(summary, link)
     return "\n".join(lines + ["", END])
+
+
+def render_headline(summary: ReleaseSummary, readme_dir: Path, results_page: Path) -> str:
+    """The headline block for a README in `readme_dir`: the noise-only table beside the published figures, and a
+    link to the full results page."""
+    link = Path(os.path.relpath(results_page.resolve(), readme_dir.resolve())).as_posix()
+    lines = [HEADLINE_BEGIN, "", *_anchor_table(summary), ""]
+    lines.append(
+        "PSNR (RGB, dB), Gaussian noise only, the published methods' own protocol; their figures are the DRUNet "
+        f"paper's (`release/published.json`). Noise with JPEG, CBM3D run here, failure cases: [{link}]({link})."
+    )
+    return "\n".join(lines + ["", HEADLINE_END])
 
 
 def _strength(summary: ReleaseSummary, link: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""The published results: README blocks are exactly what `release.evaluate` renders from docs/results/results.json,
-that file describes the shipped model, and a few of its per-image figures are re-measured here within 0.05 dB."""
+"""The published results: docs/results.md's block and the README's headline are exactly what `release.evaluate`
+renders from docs/results/results.json, that file describes the shipped model, and a few of its per-image figures
+are re-measured here within 0.05 dB."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conftest import SHARED_DATA
 from evaluate.harness import evaluate
 from model import SHIPPED_MODEL, load_model
 from release.evaluate import CHECK_IMAGES, load_set, sha256
-from release.report import BEGIN, END, bars, render, replace_block
+from release.report import BEGIN, END, HEADLINE_BEGIN, HEADLINE_END, bars, render, render_headline, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "results.json"
@@ -29,13 +30,32 @@ def test_results_describe_the_shipped_model(summary):
     assert (ROOT / summary["model"]).resolve() == SHIPPED_MODEL.resolve()
 
 
-@pytest.mark.parametrize("readme", ["README.md", "weights/README.md"])
-def test_readme_blocks_are_generated_not_typed(summary, readme):
-    text = (ROOT / readme).read_text()
-    block = BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
-    assert block == render(summary, (ROOT / readme).parent, RESULTS.parent)
+def block_of(text: str, begin: str, end: str) -> str:
+    return begin + text.split(begin, 1)[1].split(end, 1)[0] + end
+
+
+def test_results_page_and_readme_headline_are_generated_not_typed(summary):
+    page = ROOT / "docs" / "results.md"
+    assert block_of(page.read_text(), BEGIN, END) == render(summary, page.parent, RESULTS.parent)
+    readme = (ROOT / "README.md").read_text()
+    assert block_of(readme, HEADLINE_BEGIN, HEADLINE_END) == render_headline(summary, ROOT, page)
     for crop in summary["crops"]:
         assert (RESULTS.parent / crop["file"]).is_file()
+    assert BEGIN not in (ROOT / "weights" / "README.md").read_text()  # the card links to the page instead
+    assert "docs/results.md" in (ROOT / "weights" / "README.md").read_text()
+
+
+def test_release_evaluate_writes_both_blocks(summary, tmp_path):
+    """The command's last step, on the stored results: the page gets the full block, the README the headline."""
+    from release.evaluate import write_pages
+
+    page, readme = tmp_path / "docs" / "results.md", tmp_path / "README.md"
+    page.parent.mkdir()
+    page.write_text("# Results\n")
+    readme.write_text(f"# x\n{HEADLINE_BEGIN}\nold\n{HEADLINE_END}\n## next\n")
+    write_pages(summary, [page], [readme], RESULTS.parent)
+    assert block_of(page.read_text(), BEGIN, END) == render(summary, page.parent, RESULTS.parent)
+    assert readme.read_text().endswith(f"{HEADLINE_END}\n## next\n") and "](docs/results.md)" in readme.read_text()
 
 
 def test_bars_notice_a_cell_that_fails(summary):
