@@ -155,12 +155,14 @@ def cool(steps: int, threads: int) -> None:
         sys.exit("campaign: a cooldown branch is already training (status)")
     import torch
 
-    source = Path(trunk["run"]) / "last.pt"  # written atomically every run.ckpt_every steps
-    step = int(torch.load(source, map_location="cpu", weights_only=True)["step"])
+    source = Path(trunk["run"]) / "last.pt"  # replaced atomically every run.ckpt_every steps
+    copy = STATE / "branch.tmp"
+    copy.write_bytes(source.read_bytes())  # the step is read from the copy: the trunk may write a newer one meanwhile
+    step = int(torch.load(copy, map_location="cpu", weights_only=True)["step"])
     run_dir = STATE / f"cool-{trunk['phase']}-{step}"
     run_dir.mkdir(parents=True, exist_ok=True)
     branch = run_dir / "branch.pt"
-    branch.write_bytes(source.read_bytes())
+    copy.replace(branch)
     args = ["--shards", trunk_shards(trunk), "--resume", shown(branch), "--set=optim.decay_start=" + str(step)]
     args += [f"--set=run.steps={step + steps}", f"--set=run.val_every={steps}", f"--set=run.threads={threads}"]
     launch("cool", args, run_dir, {"phase": trunk["phase"], "from_step": step, "steps": steps, "threads": threads})
