@@ -19,7 +19,7 @@ from evaluate.harness import evaluate
 from evaluate.metrics import SSIM_WINDOW
 from evaluate.protocols import PROTOCOLS, parse_qualities, parse_sigmas
 from evaluate.report import write_outputs
-from evaluate.results import figure
+from evaluate.results import EvalResult, figure
 from pipeline.device import resolve_device
 from pipeline.io import IMAGE_SUFFIXES, ImageError, explain_error, image_entries, load_rgb8
 
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (auto: cuda, else mps, else cpu)")
     parser.add_argument("--baseline", choices=BASELINES, default=None, help="also run a classical baseline (slow)")
     parser.add_argument("--told", action="store_true", help="also run a conditioned model told the true sigma/quality")
+    parser.add_argument(
+        "--ensemble", action="store_true", help="average the model over the 8 flips and quarter turns (8x the time)"
+    )
     parser.add_argument("--crops-per-cell", type=int, default=2, help="comparison crops saved per cell")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -134,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         sigmas, qualities = parse_sigmas(args.sigmas), parse_qualities(args.qualities)
     except ValueError as err:
         raise SystemExit(str(err)) from err
+    if args.ensemble and args.model == "identity":
+        raise SystemExit("--ensemble averages a model: --model identity has none")
     check_out(args.out)  # before hours of evaluation, not after
     model = load_model_arg(args.model)  # before decoding: a bad model file fails fast
     paths, images, unreadable = load_images(list_images(args.data, args.limit))
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         crop_border=args.crop_border,
         baseline=args.baseline,
         told=args.told,
+        ensemble=args.ensemble,
         crops_per_cell=args.crops_per_cell,
         progress=not args.quiet,
     )
@@ -163,6 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     result["model"], result["data"] = args.model, str(args.data)
     result["images"], result["versions"], result["skipped_images"] = [p.name for p in paths], versions(), unreadable
     write_outputs(result, args.out)
+    print_cells(result)
+    print(f"wrote {args.out}/results.json, results.md, per_image.csv, failure.md, plots and crops")
+    if unreadable:
+        print(f"{len(unreadable)} unreadable image(s) left out (listed above and in results.json)", file=sys.stderr)
+    return 0
+
+
+def print_cells(result: EvalResult) -> None:
+    """One line per cell: PSNR of the input, the model (gain) and any other method, and the speed."""
     others = [m for m in result["methods"] if m not in ("input", "model")]
     for cell in result["cells"]:
         quality = "none" if cell["quality"] is None else cell["quality"]
@@ -172,7 +187,3 @@ def main(argv: list[str] | None = None) -> int:
             + "".join(f", {m} {figure(cell, f'psnr_{m}'):.2f} dB" for m in others)
             + f", {cell['img_per_s']:.2f} img/s"
         )
-    print(f"wrote {args.out}/results.json, results.md, per_image.csv, failure.md, plots and crops")
-    if unreadable:
-        print(f"{len(unreadable)} unreadable image(s) left out (listed above and in results.json)", file=sys.stderr)
-    return 0

@@ -24,6 +24,7 @@ from evaluate.metrics import metric_label, psnr, ssim
 from evaluate.protocols import Cell, degrade, make_cells
 from evaluate.results import CellSummary, EvalResult
 from model import is_conditioned
+from model.testtime import SelfEnsemble
 from pipeline.device import resolve_device
 from pipeline.io import to_tensor
 
@@ -78,14 +79,20 @@ def _summarise(cell: Cell, rows: list[dict], methods: Sequence[str], seconds: fl
     return summary
 
 
-def _restorers(model: nn.Module | None, baseline: str | None, device: torch.device, told: bool) -> dict[str, Restorer]:
+def _restorers(
+    model: nn.Module | None, baseline: str | None, device: torch.device, told: bool, ensemble: bool
+) -> dict[str, Restorer]:
     """The methods to run besides the input: 'model' (or the identity when model is None), 'told' (the model told
-    the true sigma and quality; conditioned models only) and the baseline."""
-    restorers = {"model": identity_restorer if model is None else model_restorer(model.to(device))}
+    the true sigma and quality; conditioned models only) and the baseline; with `ensemble` the model's methods
+    average it over the 8 flips and quarter turns of the input (`model.testtime.SelfEnsemble`)."""
+    if ensemble and model is None:
+        raise ValueError("ensemble=True needs a model: the identity has nothing to average")
+    net = None if model is None else (SelfEnsemble(model) if ensemble else model).to(device)
+    restorers = {"model": identity_restorer if net is None else model_restorer(net)}
     if told:
-        if model is None or not is_conditioned(model):
+        if net is None or model is None or not is_conditioned(model):
             raise ValueError("told=True needs a conditioned model (one built with conditioned=True)")
-        restorers["told"] = model_restorer(model, told=True)
+        restorers["told"] = model_restorer(net, told=True)
     if baseline:
         restorers[baseline] = make_baseline(baseline)
     return restorers
@@ -99,6 +106,7 @@ def _header(
     crop_border: int,
     baseline: str | None,
     methods: Sequence[str],
+    ensemble: bool,
 ) -> dict:
     """The run's settings as result fields."""
     return {
@@ -109,6 +117,7 @@ def _header(
         },
         "methods": list(methods),
         "baseline": baseline,
+        "ensemble": ensemble,
         "device": str(device),
         "parameters": None if model is None else sum(p.numel() for p in model.parameters()),
     }
@@ -127,21 +136,20 @@ def evaluate(
     crop_border: int = 0,
     baseline: str | None = None,
     told: bool = False,
+    ensemble: bool = False,
     tile: int = 64,
     crops_per_cell: int = 2,
     worst: int = 6,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate `model` (None = identity) on clean (H, W, 3) uint8 `images` over every sigma x quality cell.
-
-    `told`: also run the (conditioned) model told each cell's true sigma and quality, as method "told".
+    """Evaluate `model` (None = identity) on clean (H, W, 3) uint8 `images` over every sigma x quality cell; `told`
+    also runs a conditioned model told each cell's truth ("told"), `ensemble` runs the x8 flip/rotate self-ensemble.
     Returns a JSON-ready dict (`protocol`, `metric`, `cells`, `per_image`, `tile_classes`, `worst_*`, `messages`,
-    ...) plus `samples`: comparison crops and failure crops as (3, h, w) CPU tensors, for the report writers.
-    """
+    ...) plus `samples`: comparison crops and failure crops as (3, h, w) CPU tensors, for the report writers."""
     device = resolve_device(device) if isinstance(device, str) else device
     names = list(names) if names is not None else [f"image{i:03d}" for i in range(len(images))]
     cells, messages = make_cells(list(sigmas), list(qualities), protocol)
-    restorers = _restorers(model, baseline, device, told)
+    restorers = _restorers(model, baseline, device, told, ensemble)
     methods = ("input", *restorers)
     setup = {"device": device, "protocol": protocol, "y_channel": y_channel, "crop_border": crop_border, "tile": tile}
     setup["classes"] = {}
@@ -159,7 +167,7 @@ def evaluate(
             bar.set_postfix(psnr_in=f"{row['psnr_input']:.2f}", psnr_out=f"{row['psnr_model']:.2f}")
         bar.close()
         cell_summaries.append(_summarise(cell, rows, methods, time.perf_counter() - cell_start))
-    result = EvalResult(**_header(model, protocol, device, y_channel, crop_border, baseline, methods))
+    result = EvalResult(**_header(model, protocol, device, y_channel, crop_border, baseline, methods, ensemble))
     result["cells"], result["messages"] = cell_summaries, messages
     result["seconds"] = time.perf_counter() - start
     result.update(collector.finish(cell_summaries))

@@ -39,6 +39,7 @@ class EvalResult(TypedDict, total=False):
     metric: dict[str, str]  # psnr / ssim -> how measured (RGB or Y, crop)
     methods: list[str]
     baseline: str | None
+    ensemble: bool  # the model ran as the x8 flip/rotate self-ensemble
     device: str
     parameters: int | None
     cells: list[CellSummary]

@@ -84,11 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the whole image if it fits in memory, else the largest tile that fits",
     )
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="tile overlap in pixels")
-    parser.add_argument(
-        "--stats",
-        default="auto",
-        help="how tiles get whole-image pooling statistics: auto, local, sample:K, passes:N (infer.stats)",
-    )
+    parser.add_argument("--stats", default="auto", help="tiles' pooling statistics: auto, local, sample:K, passes:N")
     parser.add_argument("--sigma", type=float, help="noise sigma (0-255 scale) to remove: conditioned models only")
     parser.add_argument(
         "--quality",
@@ -96,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JPEG quality (1-100, 100 = no JPEG) the input was saved at: "
         "conditioned models only; a value left out is estimated by the model",
     )
+    parser.add_argument("--ensemble", action="store_true", help="mean over the 8 flips and quarter turns (8x the time)")
     parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
     parser.add_argument("--batch", type=int, default=1, help="restore up to N equal-sized images per forward pass")
     return parser
@@ -148,6 +145,8 @@ def _open(args: argparse.Namespace) -> tuple[Backend, torch.Tensor | None]:
     print(f"model: {args.model or SHIPPED_MODEL} ({which}); {backend.name} on {where}")
     if backend.chosen:
         print(f"runtime: {backend.chosen}")
+    if args.ensemble:
+        print(f"ensemble: the 8 flips and quarter turns of each input, each through {backend.name} (8x the time)")
     if args.sigma is None and args.quality is None:
         return backend, None
     if not backend.conditioned:
@@ -191,7 +190,16 @@ def _flush(
     height, width = degraded.shape[-2:]
     try:
         with TileBar(len(group) * height * width, group[0][0].source.name) as tiles:
-            restored = restore(backend, degraded, args.tile, args.overlap, rows, stats=args.stats, progress=tiles)
+            restored = restore(
+                backend,
+                degraded,
+                args.tile,
+                args.overlap,
+                rows,
+                stats=args.stats,
+                progress=tiles,
+                ensemble=args.ensemble,
+            )
     except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory: these inputs fail, the others go on
         bar.update(len(group))
         for job, _ in group:

@@ -18,6 +18,7 @@ from infer.grid import Box, fit_axis, tile_grid
 from infer.memory import Runnable, bytes_per_pixel, free_bytes
 from infer.stats import StatsPlan, backend_pools, downscaled_means, in_lattice, stats_plan
 from model.pooling import PoolRequest
+from model.testtime import SelfEnsemble
 
 DEFAULT_OVERLAP = 32
 MIN_TILE = 256  # auto tiles never go below this: the tiled NAFNet stays within 0.05 dB of untiled (docs)
@@ -42,12 +43,16 @@ def restore(
     *,
     stats: str = "auto",
     progress: Progress | None = None,
+    ensemble: bool = False,
 ) -> torch.Tensor:
     """Restore `(N, 3, H, W)` images in [0, 1] (result on the input's device). `tile=None`: the whole image when it
     fits in free memory, else the largest tile that fits; a `tile` that is not a multiple of `backend.stride` is
     rounded down to one. `condition`: `(N, 4)` rows for a conditioned model, or None. `stats`: how tiles of a
     backend with pooled I/O get whole-image channel means (`stats_plan`: "local" = each tile pools alone).
-    `progress(done, total)` is called as tiles finish (per image; not for images run whole)."""
+    `progress(done, total)` is called as tiles finish (per image; not for images run whole). `ensemble`: the mean
+    over the 8 flips and quarter turns of the input (`model.testtime.SelfEnsemble`), each pass through `backend`."""
+    if ensemble:
+        return _self_ensemble(backend, degraded, tile, overlap, condition, stats, progress)
     if degraded.ndim != 4:
         raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(degraded.shape)}")
     if overlap < 0:
@@ -99,6 +104,23 @@ def auto_tile(backend: Runnable, overlap: int = DEFAULT_OVERLAP) -> int:
     side = min(int(math.sqrt(usable_bytes(backend.device) / bytes_per_pixel(backend))), MAX_AUTO_TILE)
     floor = max(MIN_TILE, 4 * overlap + backend.stride)
     return check_tile(max(side, floor), backend.stride, overlap)
+
+
+def _self_ensemble(
+    backend: Runnable,
+    degraded: torch.Tensor,
+    tile: int | None,
+    overlap: int,
+    condition: torch.Tensor | None,
+    stats: str,
+    progress: Progress | None,
+) -> torch.Tensor:
+    """`restore` of the 8 flips and quarter turns of `degraded`, each turned back, averaged."""
+
+    def one_pass(turned: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        return restore(backend, turned, tile, overlap, rows, stats=stats, progress=progress)
+
+    return SelfEnsemble(one_pass)(degraded, condition)
 
 
 def check_tile(tile: int, stride: int, overlap: int) -> int:

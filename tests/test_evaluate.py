@@ -234,3 +234,26 @@ def test_told_runs_a_conditioned_model_on_the_true_cell_and_needs_one():
     blind = create_model("nafnet", width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,))
     with pytest.raises(ValueError, match="conditioned"):
         evaluate(blind, [clean8], [25.0], [None], "real", "cpu", told=True, progress=False)
+
+
+def test_ensemble_runs_the_model_over_eight_flips_and_turns(tmp_path):
+    from model import create_model
+    from model.testtime import SelfEnsemble
+
+    model = create_model("nafnet", width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,))
+    torch.manual_seed(1)
+    for param in model.parameters():  # fresh blocks are the identity, which every flip leaves alone
+        torch.nn.init.normal_(param, std=0.05)
+    clean8 = natural_image(24, 30, seed=4)
+    plain = evaluate(model, [clean8], [25.0], [None], "real", "cpu", progress=False)
+    result = evaluate(model, [clean8], [25.0], [None], "real", "cpu", ensemble=True, progress=False)
+    row = result["per_image"][0]
+    degraded = degrade_real(clean8, Cell(25.0, None), 0)[None]
+    with torch.no_grad():
+        expected = SelfEnsemble(model.eval())(degraded)
+    assert result["ensemble"] and not plain["ensemble"]
+    assert row["psnr_model"] == pytest.approx(float(psnr(quantise(expected), _batch(clean8))[0]), abs=1e-4)
+    assert row["psnr_model"] != pytest.approx(plain["per_image"][0]["psnr_model"], abs=1e-3)
+    torch.save({"model": model.state_dict(), "model_name": "nafnet", "model_kwargs": {}}, tmp_path / "m.pt")
+    with pytest.raises(SystemExit, match="identity"):
+        main(["--model", "identity", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--ensemble"])

@@ -239,3 +239,36 @@ def test_degrade_refuses_a_jpeg_without_jpeg(tmp_path, capsys):
     assert degrade_main([str(source), "--sigma", "10", "--quality", "0", "--out", str(tmp_path / "x.jpg")]) == 1
     assert "needs --quality" in capsys.readouterr().err and not (tmp_path / "x.jpg").exists()
     assert degrade_main([str(source), "--sigma", "10", "--quality", "50", "--out", str(tmp_path / "x.webp")]) == 1
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
+def test_ensemble_runs_eight_passes_through_the_runtime(tmp_path, runtime, capsys):
+    """--ensemble: the mean over the 8 flips and quarter turns, each pass through the chosen runtime, matches the
+    eager self-ensemble; one pass differs from it."""
+    from export.onnx import export_onnx
+    from export.parity import load_source
+    from model import load_model
+    from model.testtime import SelfEnsemble
+    from pipeline.io import to_rgb8_array
+
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    checkpoint = save_checkpoint(tiny_nafnet(conditioned=True), tmp_path / "c.pt", conditioned=True)
+    model_file = checkpoint
+    if runtime != "torch":
+        model_file = tmp_path / "c.onnx"
+        export_onnx(load_source(checkpoint), model_file, conditioned=True, pooled_io=True)
+    image = write_image(tmp_path / "in.png", natural_image(29, 37, 5))
+    condition = encode_condition(1, 25.0, 40.0)
+    strength = ["--sigma", "25", "--quality", "40"]
+    assert (
+        run_cli(image, "--out", tmp_path / "o", "--model", model_file, "--runtime", runtime, *strength, "--ensemble")
+        == 0
+    )
+    assert "ensemble: the 8 flips" in capsys.readouterr().out
+    with torch.no_grad():
+        expected = to_rgb8_array(SelfEnsemble(load_model(checkpoint))(to_tensor(load_rgb8(image))[None], condition)[0])
+    restored = read_png(tmp_path / "o" / "in.png")
+    assert np.abs(restored.astype(int) - expected.astype(int)).max() <= 1
+    one_pass = model_output(checkpoint, image, condition)
+    assert np.abs(one_pass.astype(int) - expected.astype(int)).max() > 1  # so a single pass would fail above
