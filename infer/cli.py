@@ -39,7 +39,8 @@ from pipeline.io import to_rgb8_array, to_tensor
 EPILOG = """examples:
   python -m infer photo.jpg --out restored/
   python -m infer albums/ 'scans/**/*.tif' --out restored/ --skip-existing --batch 4
-  python -m infer noisy.png --out out/ --model release.pt --sigma 25 --quality 40   # conditioned model only
+  python -m infer noisy.png --out out/ --sigma 25 --quality 40   # the strength control (models that have it)
+  python -m infer noisy.png --out out/ --ensemble                 # the mean over 8 flips and turns, 8x the time
 
 Outputs are PNG (lossless), named after the input, with the input's ICC profile and EXIF (orientation reset:
 the pixels are already upright). Folder structure under a directory argument (or a glob's fixed prefix) is kept.

@@ -21,7 +21,7 @@ from model.pooling import PoolRequest
 from model.testtime import SelfEnsemble
 
 DEFAULT_OVERLAP = 32
-MIN_TILE = 256  # auto tiles never go below this: the tiled NAFNet stays within 0.05 dB of untiled (docs)
+MIN_TILE = 256  # auto tiles never go below this: the tiled NAFNet then stays close to untiled (docs/infer.md)
 MAX_TILES_PER_CALL = 16
 Progress = Callable[[int, int], None]  # progress(tiles done, tiles in all) for one image
 SURELY_FITS_BYTES_PER_PIXEL = 65536  # far above any model in model/: small images skip the memory measurement

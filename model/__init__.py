@@ -3,13 +3,12 @@
 Every model maps `(N, 3, H, W)` float RGB in [0, 1] (any H, W) to a restored image of the same shape and dtype,
 and declares:
 - `stride`: the multiple it pads to internally;
-- `conditioned`: True when it also takes `(degraded, condition)`, a `model.condition` (N, 2) encoding of sigma and
-  quality (trainer, evaluation, export and infer ask `is_conditioned`, never a layer's name);
-- `float32_modules()`: the submodules that stay float32 when the rest runs in fp16 (`float32_modules`).
+- `conditioned`: True when it also takes `(degraded, condition)`, the `(N, 4)` rows of
+  `model.condition.encode_condition` (callers ask `is_conditioned`, never a layer's name);
+- `float32_modules()`: the submodules that stay float32 when the rest runs in fp16.
 
-Checkpoints written by the trainer are one dict
-`{"model": state_dict, "model_name": str, "model_kwargs": dict, "ema": state_dict | None, ...}`;
-`load_model(path)` rebuilds the model from that alone. Nothing here downloads anything.
+A trainer checkpoint is one dict `{"model": state_dict, "model_name": str, "model_kwargs": dict, "ema": state_dict |
+None, ...}`; `load_model(path)` rebuilds the model from it alone. Nothing here downloads anything.
 """
 
 from __future__ import annotations

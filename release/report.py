@@ -86,7 +86,7 @@ def _cell(cells: list[CellSummary], sigma: float, quality: int | None) -> CellSu
 
 
 def bars(summary: ReleaseSummary) -> list[tuple[str, bool, str]]:
-    """The issue's bars, each (what, met, the figures behind it); the anchor bars count the blind model, and a
+    """The release bars, each (what, met, the figures behind it); the anchor bars count the blind model, and a
     conditioned model's told-sigma figures (the comparison CBM3D, itself told sigma, is judged on) follow them."""
     cbsd = summary["anchor"]["CBSD68"]
     fmt = ", ".join

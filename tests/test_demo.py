@@ -18,6 +18,7 @@ from demo.app import STRENGTH_AUTO, STRENGTH_SET, build_app, model_summary
 from demo.core import read_upload
 from evaluate.metrics import psnr, ssim
 from infer.backends import open_backend
+from model import SHIPPED_MODEL
 from model.condition import encode_condition
 from pipeline.io import load_rgb8, to_rgb8_array, to_tensor
 from pipeline.reference import degrade_reference
@@ -212,3 +213,12 @@ def test_a_large_upload_is_restored_in_tiles_with_progress(handlers, checkpoint,
     assert tiles and tiles[-1].startswith("big.png: tile") and "left" in tiles[-1]
     expected = infer.tiling.restore(open_backend(checkpoint, device="cpu"), to_tensor(rgb8)[None])
     assert_close8(load_rgb8(results[0]["restored"]), to_rgb8_array(expected[0]))
+
+
+@pytest.mark.skipif(not SHIPPED_MODEL.with_suffix(".onnx").is_file(), reason="the shipped ONNX export is absent")
+def test_the_default_model_shows_the_strength_control_on_the_default_runtime():
+    """`python -m demo` with no model: the fastest runtime here runs the shipped ONNX export, which takes the
+    condition, so the Restore tab shows the dial."""
+    backend = open_backend(None, device="cpu")
+    assert not backend.name.startswith("checkpoint"), backend.chosen  # the ONNX export stands in
+    assert "strength control available" in model_summary(backend, 10**6), model_summary(backend, 10**6)
