@@ -163,7 +163,7 @@ def render(summary: ReleaseSummary, readme_dir: Path, docs_dir: Path) -> str:
     lines += [
         "",
         "**Noise only, anchor protocol** (unclipped float noise, `np.random.seed(0)`; PSNR RGB dB; "
-        "published figures from the DRUNet paper; Kodak24 comparisons indicative, see ../shared/data/README.md)",
+        "published figures from the DRUNet paper; Kodak24 comparisons indicative)",
         "",
     ]
     lines += _anchor_table(summary)
