@@ -61,7 +61,8 @@ class OnnxBackend(Backend):
             i.name: "float16" if i.type == "tensor(float16)" else "float32" for i in self.session.get_inputs()
         }
         outputs = [o.name for o in self.session.get_outputs()]
-        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        declared = [*self.session.get_inputs(), *self.session.get_overridable_initializers()]  # older files: defaults
+        inputs = {i.name: i.shape for i in declared}
         has_io = all(name in inputs for name in POOLED_INPUTS) and POOLED_OUTPUT in outputs
         self.pooled_io_channels = int(inputs["pooled_means"][0]) if has_io else 0
 
