@@ -43,6 +43,15 @@ def randomise_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     return model
 
 
+def tiny_source(conditioned: bool = False, seed: int = 1):
+    """A tiny NAFNet with random weights as an export source (`export.parity.Source`, step 7), without a file."""
+    from export.parity import Source
+    from model import create_model
+
+    model = randomise_(create_model("nafnet", conditioned=conditioned, **TINY_NAFNET), seed=seed).eval()
+    return Source(model, Path("tiny.pt"), "nafnet", {**TINY_NAFNET, "conditioned": conditioned}, 7)
+
+
 def natural_image(height: int, width: int, seed: int) -> np.ndarray:
     """(H, W, 3) uint8 with smooth gradients, edges and texture: enough structure to exercise a codec."""
     rng = np.random.default_rng(seed)

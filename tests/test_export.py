@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import TINY_NAFNET, natural_image, randomise_
+from conftest import TINY_NAFNET, natural_image, tiny_source
 from PIL import Image
 
 import export.onnx as onnx_export
@@ -30,9 +30,7 @@ from export.torchscript import export_torchscript
 from export.torchscript import read_metadata as read_ts_metadata
 from export.trt_build import build_engine, write_sidecar
 from export.trt_plan import PlanError, make_profile
-from model import SHIPPED_MODEL, create_model
-from model.condition import encode_condition
-from model.pooling import POOLED_INPUTS
+from model import SHIPPED_MODEL
 from shards.pack import pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,11 +43,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_source(conditioned: bool = False, seed: int = 1) -> Source:
-    model = randomise_(create_model("nafnet", conditioned=conditioned, **TINY_NAFNET), seed=seed).eval()
-    return Source(model, Path("tiny.pt"), "nafnet", {**TINY_NAFNET, "conditioned": conditioned}, 7)
 
 
 def overflow_source() -> Source:
@@ -110,46 +103,6 @@ def test_onnx_fp32_parity_dynamic_and_metadata(tmp_path):
     with pytest.raises(ExportError, match="exceeds the tolerance"):
         export_onnx(source, out, tolerance=-1.0)  # no difference is below a negative tolerance
     assert out.read_bytes() == b"previous good file" and [p.name for p in tmp_path.iterdir()] == ["tiny.onnx"]
-
-
-def test_onnx_graph_of_a_conditioned_model_takes_the_condition_blind_when_left_out(tmp_path):
-    source = tiny_source(conditioned=True)
-    torch.nn.init.normal_(source.model.film.mlp[-1].weight, std=0.2)  # zero-initialised: make FiLM do something
-    blind, conditioned = tmp_path / "blind.onnx", tmp_path / "cond.onnx"
-    export_onnx(source, blind, pooled_io=True)
-    export_onnx(source, conditioned, conditioned=None, pooled_io=True)  # what `python -m export onnx` asks for
-    assert [i.name for i in ort_session(blind).get_inputs()][:2] == ["degraded", "pooled_means"]
-    session = ort_session(conditioned)
-    assert [i.name for i in session.get_inputs()] == ["degraded", "condition", *POOLED_INPUTS]
-    degraded = torch.rand(3, 3, 29, 35)
-    condition = encode_condition(3, torch.tensor([5.0, 25.0, 50.0]), torch.tensor([10.0, 0.0, 90.0]))
-    restored = run_session(session, (degraded, condition))
-    assert (restored - eager(source, degraded, condition)).abs().max() <= 1e-4
-    assert (restored - eager(source, degraded)).abs().max() > 1e-3  # the condition changes the output
-    assert (run_session(session, (degraded,)) - eager(source, degraded)).abs().max() <= 1e-4  # left out: blind
-    assert read_metadata(conditioned)["conditioned"] == "True" and read_metadata(blind)["conditioned"] == "False"
-    with pytest.raises(ExportError, match="blind"):
-        run_session(ort_session(blind), (degraded, condition))
-
-
-def test_exported_graph_opens_in_onnxruntime_without_warnings(tmp_path):
-    """A plain onnxruntime session (default logging) on an exported graph prints nothing: no input has an
-    initializer standing in as its default."""
-    out = tmp_path / "cond.onnx"
-    export_onnx(tiny_source(conditioned=True), out, conditioned=True, pooled_io=True)
-    shipped = SHIPPED_MODEL.with_suffix(".onnx")
-    script = (
-        "import sys, onnxruntime as ort; ort.set_default_logger_severity(2); "
-        "[ort.InferenceSession(path, providers=['CPUExecutionProvider']) for path in sys.argv[1:]]"
-    )
-    paths = [str(out)] + ([str(shipped)] if shipped.is_file() else [])
-    done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, check=True)
-    assert done.stdout + done.stderr == ""
-    for path in paths:
-        proto = onnx.load(path)
-        assert not {t.name for t in proto.graph.initializer} & {i.name for i in proto.graph.input}
-    if shipped.is_file():  # the shipped graph has the strength control, so every runtime does
-        assert "condition" in [i.name for i in ort_session(shipped).get_inputs()]
 
 
 def test_onnx_fp16_runs_keeps_norm_statistics_fp32_and_catches_nan(tmp_path):

@@ -358,29 +358,6 @@ def test_the_shipped_model_runs_on_the_fastest_usable_runtime(tmp_path, monkeypa
         open_backend(None, device="cpu", runtime="onnxruntime")
 
 
-def test_shipped_onnx_stands_in_only_with_the_strength_control(tmp_path, monkeypatch):
-    """A conditioned shipped checkpoint: a blind export of it is passed over, saying why; the export the command
-    writes by default has the condition input, so every runtime has the strength control."""
-    from export.__main__ import main as export_main
-    from export.onnx import export_onnx
-    from export.parity import load_source
-
-    checkpoint = save_checkpoint(tiny_nafnet(conditioned=True), tmp_path / "shipped.pt", conditioned=True)
-    monkeypatch.setattr(model_api, "SHIPPED_MODEL", checkpoint)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_onnx(load_source(checkpoint), tmp_path / "shipped.onnx", pooled_io=True)  # blind
-        with pytest.raises(ValueError, match="no strength control"):
-            open_backend(None, device="cpu", runtime="onnxruntime")
-        export_main(["onnx", "--model", str(checkpoint), "--out", str(tmp_path / "shipped.onnx")])  # the defaults
-    for runtime in RUNTIMES_HERE:
-        backend = open_backend(None, device="cpu", runtime=runtime)
-        assert backend.conditioned and not backend.notes, (runtime, backend.notes)
-        degraded = torch.rand(1, 3, 23, 30)
-        told = backend(degraded, encode_condition(1, 25.0, 40.0))
-        assert told.shape == degraded.shape
-
-
 def test_memory_estimate_is_measured_once(blind_ckpt):
     backend = open_backend(blind_ckpt, device="cpu")
     first = bytes_per_pixel(backend)
