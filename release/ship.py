@@ -38,7 +38,8 @@ def ship_candidate(candidate: Path, cooled: dict, commit: bool) -> bool:
         docs = ROOT / "docs" / "results"
         shipped, card = model.SHIPPED_MODEL, ledger.CARD
         paths = [shipped, shipped.with_suffix(".onnx"), ledger.LEDGER, ledger.LEDGER.with_name("ledger.png"), card]
-        paths += [ROOT / "README.md", docs / "results.json", docs / "valsets.json", docs / "strength.png"]
+        paths += [ROOT / "README.md", ROOT / "docs" / "results.md", docs / "results.json", docs / "valsets.json"]
+        paths += [docs / "strength.png"]
         paths += [docs / "crops"]
         git_commit(paths, f"Ship the campaign's phase {cooled['phase']} model: +{gain:.2f} dB on validation")
     return True
