@@ -114,10 +114,11 @@ def status() -> None:
 
 
 def stop_process(state: dict, timeout_s: float = 600) -> None:
-    """SIGINT (the trainer checkpoints after the current step and exits), then wait for it."""
+    """SIGTERM (the trainer checkpoints after the current step and exits), then wait for it. Not SIGINT: a process
+    started from a background shell inherits SIGINT ignored, and one still starting up would not see it."""
     if not is_running(state):
         return
-    os.kill(state["pid"], signal.SIGINT)
+    os.kill(state["pid"], signal.SIGTERM)
     deadline = time.time() + timeout_s
     while is_running(state) and time.time() < deadline:
         time.sleep(1)
