@@ -83,8 +83,10 @@ def encode_all(src: Path, sources: list[str], min_side: int, max_pixels: int, do
     if workers <= 1:
         yield from map(job, sources)
         return
+    # Not fork: a process that already runs threads (torch, onnxruntime, OpenVINO) can hand a forked worker a lock
+    # held by a thread that does not exist there, and the worker waits forever. A fork server is a clean process.
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with context.Pool(workers) as pool:
         yield from pool.imap(job, sources, chunksize=4)
 
