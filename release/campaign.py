@@ -86,7 +86,7 @@ def start(threads: int) -> None:
     args = ["--shards", shown(shards), "--config", shown(workspace.CONFIG), "--resume", "auto"]
     args += [f"--set=model.init={shown(init)}", f"--set=run.threads={threads}"]
     args += [f"--set=run.seed={phase}", f"--set=loader.seed={phase}"]
-    launch("trunk", args, run_dir, {"phase": phase, "threads": threads, "init": shown(init)})
+    launch("trunk", args, run_dir, {"phase": phase, "threads": threads, "init": shown(init), "shards": shown(shards)})
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -164,14 +164,9 @@ def cool(steps: int, threads: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     branch = run_dir / "branch.pt"
     copy.replace(branch)
-    args = ["--shards", trunk_shards(trunk), "--resume", shown(branch), "--set=optim.decay_start=" + str(step)]
+    args = ["--shards", trunk["shards"], "--resume", shown(branch), "--set=optim.decay_start=" + str(step)]
     args += [f"--set=run.steps={step + steps}", f"--set=run.val_every={steps}", f"--set=run.threads={threads}"]
     launch("cool", args, run_dir, {"phase": trunk["phase"], "from_step": step, "steps": steps, "threads": threads})
-
-
-def trunk_shards(trunk: dict) -> str:
-    words = trunk["command"].split()
-    return words[words.index("--shards") + 1]
 
 
 def ship(commit: bool) -> None:
