@@ -3,6 +3,7 @@
     python -m release.campaign start [--threads 1]   # pack what is missing; train the trunk at low priority
     python -m release.campaign status                # steps, img/s, GPix, minutes, the latest validation
     python -m release.campaign cool --steps 3000     # a cooldown branch from the trunk's latest checkpoint
+    python -m release.campaign cool --phase 6        # ... or from a stopped phase's last checkpoint
     python -m release.campaign stop [--commit]       # stop the trunk: its weights, a ledger row, the plot
     python -m release.campaign ship [--commit]       # ship the cooled branch if it beats the shipped model
 
@@ -148,10 +149,12 @@ def stop(commit: bool) -> None:
         git_commit(paths, f"Campaign phase {state['phase']}: trunk weights and ledger row")
 
 
-def cool(steps: int, threads: int) -> None:
-    trunk = read_state("trunk")
+def cool(steps: int, threads: int, phase: int | None = None) -> None:
+    """Branch from the running trunk's latest checkpoint, or from the last checkpoint of stopped phase PHASE."""
+    trunk = read_state("trunk" if phase is None else f"trunk-phase-{phase}")
     if trunk is None or not (Path(trunk["run"]) / "last.pt").is_file():
-        sys.exit("campaign: no trunk checkpoint to cool (start the trunk first)")
+        where = "start the trunk first" if phase is None else f"no checkpoint of phase {phase} in {STATE}"
+        sys.exit(f"campaign: no trunk checkpoint to cool ({where})")
     if is_running(read_state("cool")):
         sys.exit("campaign: a cooldown branch is already training (status)")
     import torch
@@ -164,7 +167,8 @@ def cool(steps: int, threads: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     branch = run_dir / "branch.pt"
     copy.replace(branch)
-    args = ["--shards", trunk["shards"], "--resume", shown(branch), "--set=optim.decay_start=" + str(step)]
+    shards = trunk.get("shards", shown(workspace.SHARDS))  # older states did not record them
+    args = ["--shards", shards, "--resume", shown(branch), "--set=optim.decay_start=" + str(step)]
     args += [f"--set=run.steps={step + steps}", f"--set=run.val_every={steps}", f"--set=run.threads={threads}"]
     launch("cool", args, run_dir, {"phase": trunk["phase"], "from_step": step, "steps": steps, "threads": threads})
 
@@ -187,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     branch = sub.add_parser("cool", help="a cooldown branch from the trunk's latest checkpoint, in the background")
     branch.add_argument("--steps", type=int, default=3000)
     branch.add_argument("--threads", type=int, default=1)
+    branch.add_argument("--phase", type=int, help="branch from this stopped phase's last checkpoint instead")
     for name in ("stop", "ship"):
         sub.add_parser(name).add_argument("--commit", action="store_true", help="git commit what it wrote")
     args = parser.parse_args(argv)
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.action == "status":
         status()
     elif args.action == "cool":
-        cool(args.steps, args.threads)
+        cool(args.steps, args.threads, args.phase)
     elif args.action == "stop":
         stop(args.commit)
     else:

@@ -105,6 +105,14 @@ def test_a_stretch_trains_cools_stops_and_the_next_one_continues(tiny_campaign, 
     assert row["steps"] >= 6 and row["threads"] == 1 and "wall_minutes" in row and set(row["end"]) >= {"A val"}
     assert f"| {row['phase']} | CPU, " in ledger.CARD.read_text()
 
+    campaign.cool(steps=2, threads=1, phase=trunk["phase"])  # a branch from the stopped phase's last checkpoint
+    late = campaign.read_state("cool")
+    wait_for(lambda: (Path(late["run"]) / "last.pt").is_file() and not campaign.is_running(late), late, "late cool")
+    stopped_at = torch.load(Path(trunk["run"]) / "last.pt", map_location="cpu", weights_only=True)["step"]
+    assert late["from_step"] == stopped_at and f"cool-{trunk['phase']}-{stopped_at}" in late["run"]
+    with pytest.raises(SystemExit, match="no checkpoint of phase 99"):
+        campaign.cool(steps=2, threads=1, phase=99)
+
     campaign.start(threads=1)  # the next stretch: a new phase, from the trunk weights, with its own seeds
     following = campaign.read_state("trunk")
     assert following["phase"] == trunk["phase"] + 1 and following["init"] == str(campaign.TRUNK)
