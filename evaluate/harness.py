@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from evaluate.analysis import quantise, tile_classes, tile_psnr, tile_size_for
 from evaluate.baselines import Restorer, identity_restorer, make_baseline, model_restorer
@@ -27,6 +26,7 @@ from model import is_conditioned
 from model.testtime import SelfEnsemble
 from pipeline.device import resolve_device
 from pipeline.io import to_tensor
+from pipeline.progress import progress as make_bar
 
 DEFAULT_SIGMAS = (5.0, 15.0, 25.0, 50.0)
 DEFAULT_QUALITIES = (10, 30, 50, 90, None)
@@ -157,14 +157,14 @@ def evaluate(
     cell_summaries, start = [], time.perf_counter()
     for cell in cells:
         rows, cell_start = [], time.perf_counter()
-        bar = tqdm(total=len(images), desc=f"{cell.name:>10}", unit="img", disable=not progress, leave=True)
+        bar = make_bar(len(images), f"{cell.name:>10}", unit="img", disable=not progress, leave=True)
         for index, clean8 in enumerate(images):
             row, data = _run_image(clean8, index, cell, restorers, setup)
             row["name"] = names[index]
             collector.add(cell, row, data)
             rows.append(row)
-            bar.update(1)
             bar.set_postfix(psnr_in=f"{row['psnr_input']:.2f}", psnr_out=f"{row['psnr_model']:.2f}")
+            bar.update(1)
         bar.close()
         cell_summaries.append(_summarise(cell, rows, methods, time.perf_counter() - cell_start))
     result = EvalResult(**_header(model, protocol, device, y_channel, crop_border, baseline, methods, ensemble))

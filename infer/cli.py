@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from infer.backends import PRECISIONS, RUNTIMES, Backend, open_backend, set_cpu_threads
 from infer.files import (
@@ -35,6 +35,7 @@ from model import SHIPPED_MODEL
 from model.condition import encode_condition
 from pipeline.command import one_line
 from pipeline.io import to_rgb8_array, to_tensor
+from pipeline.progress import Bar, progress
 
 EPILOG = """examples:
   python -m infer photo.jpg --out restored/
@@ -113,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in [f"note: {note}" for note in notes] + [f"failed: {failure}" for failure in failures]:
         print(line, file=sys.stderr)
     written = 0
-    with tqdm(total=len(todo), unit="img", desc="restoring", dynamic_ncols=True, position=0) as bar:
+    with progress(len(todo), "restoring", unit="img", position=0) as bar:
         for job, message in _run(backend, todo, args, condition, bar):
             if message is None:
                 written += 1
                 continue
             failures.append(f"{job.source}: {message}")
-            tqdm.write(f"failed: {job.source}: {message}", file=sys.stderr)
+            bar.write(f"failed: {job.source}: {message}", file=sys.stderr)
     for note in dict.fromkeys(backend.notes):
         print(f"warning: {note}", file=sys.stderr)
     skipped = len(jobs) - len(todo)
@@ -159,7 +160,7 @@ def _open(args: argparse.Namespace) -> tuple[Backend, torch.Tensor | None]:
 
 
 def _run(
-    backend: Backend, jobs: list[Job], args: argparse.Namespace, condition: torch.Tensor | None, bar: tqdm
+    backend: Backend, jobs: list[Job], args: argparse.Namespace, condition: torch.Tensor | None, bar: Bar
 ) -> Iterator[tuple[Job, str | None]]:
     """Restore and write every job, batching equal sizes; yields `(job, None)` when written, else the reason."""
     pending: dict[tuple[int, int], list[tuple[Job, Loaded]]] = {}
@@ -169,7 +170,7 @@ def _run(
             yield job, describe_error(error)
             continue
         for note in loaded.notes:  # e.g. only the first frame of an animation, 16 bits reduced to 8
-            tqdm.write(f"note: {job.source}: {note}", file=sys.stderr)
+            bar.write(f"note: {job.source}: {note}", file=sys.stderr)
         group = pending.setdefault(loaded.rgb8.shape[:2], [])
         group.append((job, loaded))
         if len(group) >= args.batch or sum(map(len, pending.values())) >= 4 * args.batch:
@@ -184,7 +185,7 @@ def _flush(
     group: list[tuple[Job, Loaded]],
     args: argparse.Namespace,
     condition: torch.Tensor | None,
-    bar: tqdm,
+    bar: Bar,
 ) -> Iterator[tuple[Job, str | None]]:
     degraded = torch.stack([to_tensor(loaded.rgb8) for _, loaded in group])  # (N, 3, H, W)
     rows = None if condition is None else condition.expand(len(group), -1)
@@ -222,7 +223,7 @@ class TileBar:
     """`progress(done, total)` for `restore`: a second bar (tiles done, ETA, MPix/s) shown while an image is tiled."""
 
     def __init__(self, pixels: int, name: str) -> None:
-        self.pixels, self.name, self.bar = pixels, name, None
+        self.pixels, self.name, self.bar, self.start = pixels, name, None, time.perf_counter()
 
     def __enter__(self) -> TileBar:
         return self
@@ -233,13 +234,11 @@ class TileBar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            self.bar = tqdm(
-                total=total, unit="tile", desc=f"  {self.name[:40]}", leave=False, position=1, dynamic_ncols=True
-            )
+            self.bar = progress(total, f"  {self.name[:40]}", unit="tile", leave=False, position=1)
+        elapsed_s = time.perf_counter() - self.start
+        if done and elapsed_s > 0:  # the tiles cover the image once per pass: MPix/s of finished image
+            self.bar.set_postfix_str(f"{self.pixels * done / total / 1e6 / elapsed_s:.2f} MPix/s")
         self.bar.update(done - self.bar.n)
-        elapsed = self.bar.format_dict["elapsed"]
-        if done and elapsed > 0:  # the tiles cover the image once per pass: MPix/s of finished image
-            self.bar.set_postfix_str(f"{self.pixels * done / total / 1e6 / elapsed:.2f} MPix/s")
 
 
 def _prefetch(jobs: list[Job], ahead: int) -> Iterator[tuple[Job, Loaded | None, Exception | None]]:

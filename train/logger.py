@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from pipeline.progress import progress
 from train.config import TrainConfig, save_config, to_dict
 from train.distributed import DistEnv, mean_over_ranks
 
@@ -61,34 +60,6 @@ class DeviceClock:
         return seconds
 
 
-class LineProgress:
-    """tqdm's interface for a log file: `set_postfix` (called once per log step) prints one plain line."""
-
-    def __init__(self, total: int, initial: int, desc: str):
-        self.total, self.n, self.desc, self.start = total, initial, desc, time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-
-    def set_postfix(self, **values: object) -> None:
-        fields = " ".join(f"{key}={value}" for key, value in values.items())
-        elapsed_s = time.perf_counter() - self.start
-        print(f"{self.desc} {self.n}/{self.total} {elapsed_s:.0f}s {fields}", file=sys.stderr, flush=True)
-
-    def write(self, text: str) -> None:
-        print(text, flush=True)  # as tqdm.write: stdout
-
-    def close(self) -> None:
-        """Nothing to clear: every line is already complete."""
-
-
-def progress(total: int, initial: int, desc: str) -> tqdm | LineProgress:
-    """A tqdm bar on a terminal, else one plain line per log step."""
-    if sys.stderr.isatty():
-        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr)
-    return LineProgress(total, initial, desc)
-
-
 class RunLogger:
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, start_step: int, device: torch.device, env: DistEnv | None = None
@@ -104,7 +75,7 @@ class RunLogger:
         self.run_dir = run_dir
         _keep_rows_up_to(run_dir / "metrics.jsonl", start_step)  # a resumed run rewrites what came after its checkpoint
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
-        self.bar = progress(cfg.run.steps, start_step, "train")
+        self.bar = progress(cfg.run.steps, "train", initial=start_step, every_s=None)
         self.warned: set[str] = set()
         self.wandb = _start_wandb(cfg, run_dir)
         ranks = f", {self.env.world_size} ranks (DDP)" if self.env.world_size > 1 else ""
