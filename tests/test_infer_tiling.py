@@ -75,6 +75,16 @@ def test_an_onnx_file_of_one_fixed_size_is_tiled_at_that_size(tmp_path):
 RUNTIMES_HERE = ["torch", "onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
 
 
+def whole_and_tiled(backend, clean8: np.ndarray, sigma_255: float, quality: int) -> tuple[torch.Tensor, ...]:
+    """Clean, then restored whole, in MIN_TILE tiles with the default statistics, and in tiles pooling alone."""
+    params = {"sigma_255": sigma_255, "quality": quality, "subsampling": 2, "quality2": 0}
+    degraded8 = degrade_reference(clean8, params, np.random.default_rng(0))
+    clean, degraded = to_tensor(clean8)[None], to_tensor(degraded8)[None]
+    tiled = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP)
+    local = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP, stats="local")
+    return clean, backend(degraded), tiled, local
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES_HERE)
 def test_tiled_nafnet_within_0_05_db_at_the_smallest_auto_tile(runtime):
     """The shipped NAFNet pools globally, so tiles differ slightly; at MIN_TILE (the smallest tile automatic tiling
@@ -84,12 +94,7 @@ def test_tiled_nafnet_within_0_05_db_at_the_smallest_auto_tile(runtime):
     backend = open_backend(None, device="cpu", runtime=runtime)
     assert backend.pool_channels > 0, backend.name
     clean8 = natural_image(MIN_TILE, MIN_TILE + 80, seed=7)
-    params = {"sigma_255": 25.0, "quality": 50, "subsampling": 2, "quality2": 0}
-    degraded8 = degrade_reference(clean8, params, np.random.default_rng(0))
-    clean, degraded = to_tensor(clean8)[None], to_tensor(degraded8)[None]
-    whole = backend(degraded)
-    tiled = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP)
-    local = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP, stats="local")
+    clean, whole, tiled, local = whole_and_tiled(backend, clean8, sigma_255=25.0, quality=50)
     assert (tiled - whole).abs().max() > 0  # it did tile
     difference_db = (psnr(tiled, clean) - psnr(whole, clean)).abs().item()
     assert difference_db < 0.05, difference_db
@@ -104,12 +109,7 @@ def test_tiled_nafnet_on_a_photo_within_0_05_db():
     tenths of a dB (docs/infer.md), through the default runtime."""
     backend = open_backend(None, device="cpu")
     clean8 = load_rgb8(shared_images("test/Kodak24", 1)[0])
-    params = {"sigma_255": 10.0, "quality": 90, "subsampling": 2, "quality2": 0}
-    degraded8 = degrade_reference(clean8, params, np.random.default_rng(0))
-    clean, degraded = to_tensor(clean8)[None], to_tensor(degraded8)[None]
-    whole = backend(degraded)
-    tiled = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP)
-    local = restore(backend, degraded, tile=MIN_TILE, overlap=DEFAULT_OVERLAP, stats="local")
+    clean, whole, tiled, local = whole_and_tiled(backend, clean8, sigma_255=10.0, quality=90)
     assert (psnr(tiled, clean) - psnr(whole, clean)).abs().item() < 0.05
     assert psnr(tiled, whole) > psnr(local, whole)
 
