@@ -72,8 +72,9 @@ class LineProgress:
         now = time.perf_counter()
         elapsed_s, done = now - self.start, self.n - self.initial
         rate = done / elapsed_s if elapsed_s > 0 else 0.0
-        eta = f", ETA {(self.total - self.n) / rate:.0f}s" if rate > 0 and self.n < self.total else ""
-        text = f"{self.desc} {self.n}/{self.total} {self.unit} [{elapsed_s:.0f}s, {rate:.2f} {self.unit}/s{eta}]"
+        clock = tqdm.format_interval
+        eta = f", ETA {clock((self.total - self.n) / rate)}" if rate > 0 and self.n < self.total else ""
+        text = f"{self.desc} {self.n}/{self.total} {self.unit} [{clock(elapsed_s)}, {rate:.2f} {self.unit}/s{eta}]"
         print(f"{text} {self.postfix}".rstrip(), file=sys.stderr, flush=True)
         self.shown, self.last = self.n, now
 
