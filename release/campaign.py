@@ -6,6 +6,7 @@
     python -m release.campaign cool --phase 6        # ... or from a stopped phase's last checkpoint
     python -m release.campaign stop [--commit]       # stop the trunk: its weights, a ledger row, the plot
     python -m release.campaign ship [--commit]       # ship the cooled branch if it beats the shipped model
+    python -m release.campaign ship --from trunk     # ... or the trunk's latest checkpoint (its EMA weights)
 
 The trunk runs `release/campaign.yaml` (constant learning rate after a warmup: `optim.schedule: wsd`). Each stretch
 is a phase of the ledger: it starts from the committed trunk weights (`TRUNK`, fp16 EMA weights; the optimizer's
@@ -149,6 +150,15 @@ def stop(commit: bool) -> None:
         git_commit(paths, f"Campaign phase {state['phase']}: trunk weights and ledger row")
 
 
+def snapshot(trunk: dict, copy: Path) -> int:
+    """Copy the trunk's latest checkpoint to `copy`; its step. The step is read from the copy: the trunk may write a
+    newer checkpoint meanwhile (it replaces last.pt atomically every run.ckpt_every steps)."""
+    import torch
+
+    copy.write_bytes((Path(trunk["run"]) / "last.pt").read_bytes())
+    return int(torch.load(copy, map_location="cpu", weights_only=True)["step"])
+
+
 def cool(steps: int, threads: int, phase: int | None = None) -> None:
     """Branch from the running trunk's latest checkpoint, or from the last checkpoint of stopped phase PHASE."""
     trunk = read_state("trunk" if phase is None else f"trunk-phase-{phase}")
@@ -157,12 +167,8 @@ def cool(steps: int, threads: int, phase: int | None = None) -> None:
         sys.exit(f"campaign: no trunk checkpoint to cool ({where})")
     if is_running(read_state("cool")):
         sys.exit("campaign: a cooldown branch is already training (status)")
-    import torch
-
-    source = Path(trunk["run"]) / "last.pt"  # replaced atomically every run.ckpt_every steps
     copy = STATE / "branch.tmp"
-    copy.write_bytes(source.read_bytes())  # the step is read from the copy: the trunk may write a newer one meanwhile
-    step = int(torch.load(copy, map_location="cpu", weights_only=True)["step"])
+    step = snapshot(trunk, copy)
     run_dir = STATE / f"cool-{trunk['phase']}-{step}"
     run_dir.mkdir(parents=True, exist_ok=True)
     branch = run_dir / "branch.pt"
@@ -173,9 +179,18 @@ def cool(steps: int, threads: int, phase: int | None = None) -> None:
     launch("cool", args, run_dir, {"phase": trunk["phase"], "from_step": step, "steps": steps, "threads": threads})
 
 
-def ship(commit: bool) -> None:
+def ship(commit: bool, source: str = "cool") -> None:
+    """Measure the finished cooldown branch (or the running trunk's latest checkpoint) and ship it if it wins."""
     from release.ship import ship_candidate
 
+    if source == "trunk":
+        trunk = read_state("trunk")
+        if trunk is None or not (Path(trunk["run"]) / "last.pt").is_file():
+            sys.exit("campaign: no trunk checkpoint to ship (start the trunk first)")
+        candidate = STATE / "trunk-candidate.pt"
+        step = snapshot(trunk, candidate)
+        ship_candidate(candidate, {"phase": trunk["phase"], "from_step": step, "steps": 0}, commit)
+        return
     cooled = read_state("cool")
     if cooled is None or is_running(cooled):
         sys.exit("campaign: no finished cooldown branch to ship (cool, then wait for it: status)")
@@ -194,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     branch.add_argument("--phase", type=int, help="branch from this stopped phase's last checkpoint instead")
     for name in ("stop", "ship"):
         sub.add_parser(name).add_argument("--commit", action="store_true", help="git commit what it wrote")
+    sub.choices["ship"].add_argument(
+        "--from", dest="source", choices=("cool", "trunk"), default="cool", help="the candidate (default: cool)"
+    )
     args = parser.parse_args(argv)
     STATE.mkdir(parents=True, exist_ok=True)
     if args.action == "start":
@@ -205,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.action == "stop":
         stop(args.commit)
     else:
-        ship(args.commit)
+        ship(args.commit, args.source)
 
 
 if __name__ == "__main__":

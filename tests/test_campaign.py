@@ -1,7 +1,8 @@
-"""release.campaign end to end on tiny photos and a tiny model: start, cool, stop, and the next stretch continues."""
+"""release.campaign end to end on tiny photos and a tiny model: start, cool, ship, stop, the next stretch continues."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 import time
@@ -14,6 +15,7 @@ import yaml
 from conftest import natural_image
 from PIL import Image
 
+import model
 from model import create_model, load_model
 from release import campaign, ledger, workspace
 
@@ -82,7 +84,10 @@ def trained_steps(run_dir: Path) -> int:
     return max((row["step"] for row in rows if "img_per_s" in row), default=0)
 
 
-def test_a_stretch_trains_cools_stops_and_the_next_one_continues(tiny_campaign, capsys):
+def test_a_stretch_trains_cools_stops_and_the_next_one_continues(tiny_campaign, capsys, monkeypatch):
+    shipped_before = tiny_campaign / "shipped.pt"  # the file `ship` would replace: a copy, whatever it decides
+    shutil.copy(model.SHIPPED_MODEL, shipped_before)
+    monkeypatch.setattr(model, "SHIPPED_MODEL", shutil.copy(shipped_before, tiny_campaign / "shipped-live.pt"))
     phases_before = len(json.loads(ledger.LEDGER.read_text())["phases"])
     campaign.start(threads=1)
     trunk = campaign.read_state("trunk")
@@ -96,6 +101,10 @@ def test_a_stretch_trains_cools_stops_and_the_next_one_continues(tiny_campaign, 
     assert branch["step"] == cooled["from_step"] + 4
     campaign.status()
     assert "trunk: training" in capsys.readouterr().out
+    campaign.ship(commit=False, source="trunk")  # a few steps of a tiny model against the real shipped one
+    assert "not shipped" in capsys.readouterr().out and filecmp.cmp(model.SHIPPED_MODEL, shipped_before)
+    record = json.loads(ledger.LEDGER.read_text())["candidates"][-1]
+    assert record["phase"] == trunk["phase"] and record["steps"] == 0 and not record["shipped_it"]
     campaign.stop(commit=False)
     assert not campaign.is_running(trunk) and campaign.read_state("trunk") is None
     load_model(campaign.TRUNK, map_location="cpu")  # fp16 EMA weights a model loads from
