@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.action == "stop":
         stop(args.commit)
     else:
+        import torch
+
+        torch.set_num_threads(1)  # beside the trunk: see release.ship.run
         ship(args.commit, args.source)
 
 
