@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TypeAlias
 
 from tqdm import tqdm
+
+Bar: TypeAlias = "tqdm | LineProgress"  # what `progress` returns
 
 
 def progress(
@@ -77,6 +80,3 @@ class LineProgress:
         text = f"{self.desc} {self.n}/{self.total} {self.unit} [{clock(elapsed_s)}, {rate:.2f} {self.unit}/s{eta}]"
         print(f"{text} {self.postfix}".rstrip(), file=sys.stderr, flush=True)
         self.shown, self.last = self.n, now
-
-
-Bar = tqdm | LineProgress  # what `progress` returns
