@@ -88,7 +88,7 @@ def start(threads: int) -> None:
     args = ["--shards", shown(shards), "--config", shown(workspace.CONFIG), "--resume", "auto"]
     args += [f"--set=model.init={shown(init)}", f"--set=run.threads={threads}"]
     args += [f"--set=run.seed={phase}", f"--set=loader.seed={phase}"]
-    launch("trunk", args, run_dir, {"phase": phase, "threads": threads, "init": shown(init), "shards": shown(shards)})
+    launch("trunk", args, run_dir, {"phase": phase, "threads": threads, "init": shown(init)})
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -173,10 +173,15 @@ def cool(steps: int, threads: int, phase: int | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     branch = run_dir / "branch.pt"
     copy.replace(branch)
-    shards = trunk.get("shards", shown(workspace.SHARDS))  # older states did not record them
-    args = ["--shards", shards, "--resume", shown(branch), "--set=optim.decay_start=" + str(step)]
+    args = ["--shards", shards_of(trunk), "--resume", shown(branch), "--set=optim.decay_start=" + str(step)]
     args += [f"--set=run.steps={step + steps}", f"--set=run.val_every={steps}", f"--set=run.threads={threads}"]
     launch("cool", args, run_dir, {"phase": trunk["phase"], "from_step": step, "steps": steps, "threads": threads})
+
+
+def shards_of(trunk: dict) -> str:
+    """The shards a trunk trained on, as its command names them (every state has one; phase 5's are not today's)."""
+    words = trunk["command"].split()
+    return words[words.index("--shards") + 1]
 
 
 def ship(commit: bool, source: str = "cool") -> None:
