@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 Restorer = Callable[[torch.Tensor, "Cell"], torch.Tensor]
 
 BASELINES = ("bm3d",)
+TOLD = ("both", "sigma", "quality")  # what a conditioned model is told of the true cell
 
 
 def identity_restorer(degraded: torch.Tensor, cell: Cell) -> torch.Tensor:
@@ -30,17 +31,25 @@ def identity_restorer(degraded: torch.Tensor, cell: Cell) -> torch.Tensor:
     return degraded
 
 
-def model_restorer(model: nn.Module, told: bool = False) -> Restorer:
+def model_restorer(model: nn.Module, told: bool | str = False) -> Restorer:
     """Wrap a restoration model (eval mode, (N, 3, H, W) in and out) as a restorer: blind, or for a conditioned
-    model `told` the cell's true sigma and quality (the strength control, as CBM3D and FFDNet are told sigma)."""
+    model `told` the cell's true sigma and quality (True or "both"; the strength control, as CBM3D and FFDNet are
+    told sigma), or only one of them ("sigma", "quality"), the other withheld."""
+    tell = "both" if told is True else told or ""
+    if tell and tell not in TOLD:
+        raise ValueError(f"told must be one of {', '.join(TOLD)}, got {told!r}")
 
     def restore(degraded: torch.Tensor, cell: Cell) -> torch.Tensor:
-        condition = encode_condition(1, cell.sigma_255, cell.quality or 0, degraded.device) if told else None
+        condition = None
+        if tell:
+            sigma = cell.sigma_255 if tell != "quality" else None
+            quality = (cell.quality or 0) if tell != "sigma" else None
+            condition = encode_condition(1, sigma, quality, degraded.device)
         was_training = model.training  # a trainer's model goes back to its mode afterwards
         model.eval()
         try:
             with torch.inference_mode():
-                return (model(degraded, condition) if told else model(degraded)).float()
+                return (model(degraded, condition) if tell else model(degraded)).float()
         finally:
             model.train(was_training)
 

@@ -14,7 +14,7 @@ import PIL
 import torch
 from torch import nn
 
-from evaluate.baselines import BASELINES
+from evaluate.baselines import BASELINES, TOLD
 from evaluate.harness import evaluate
 from evaluate.metrics import SSIM_WINDOW
 from evaluate.protocols import PROTOCOLS, parse_qualities, parse_sigmas
@@ -38,7 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (auto: cuda, else mps, else cpu)")
     parser.add_argument("--baseline", choices=BASELINES, default=None, help="also run a classical baseline (slow)")
-    parser.add_argument("--told", action="store_true", help="also run a conditioned model told the true sigma/quality")
+    parser.add_argument(
+        "--told",
+        nargs="?",
+        const="both",
+        choices=TOLD,
+        help="also run a conditioned model told the true sigma and quality (or only one: --told sigma)",
+    )
     parser.add_argument(
         "--ensemble", action="store_true", help="average the model over the 8 flips and quarter turns (8x the time)"
     )

@@ -80,11 +80,12 @@ def _summarise(cell: Cell, rows: list[dict], methods: Sequence[str], seconds: fl
 
 
 def _restorers(
-    model: nn.Module | None, baseline: str | None, device: torch.device, told: bool, ensemble: bool
+    model: nn.Module | None, baseline: str | None, device: torch.device, told: bool | str, ensemble: bool
 ) -> dict[str, Restorer]:
     """The methods to run besides the input: 'model' (or the identity when model is None), 'told' (the model told
-    the true sigma and quality; conditioned models only) and the baseline; with `ensemble` the model's methods
-    average it over the 8 flips and quarter turns of the input (`model.testtime.SelfEnsemble`)."""
+    the true sigma and quality, or one of them: `model_restorer`; conditioned models only) and the baseline; with
+    `ensemble` the model's methods average it over the 8 flips and quarter turns of the input
+    (`model.testtime.SelfEnsemble`)."""
     if ensemble and model is None:
         raise ValueError("ensemble=True needs a model: the identity has nothing to average")
     net = None if model is None else (SelfEnsemble(model) if ensemble else model).to(device)
@@ -92,7 +93,7 @@ def _restorers(
     if told:
         if net is None or model is None or not is_conditioned(model):
             raise ValueError("told=True needs a conditioned model (one built with conditioned=True)")
-        restorers["told"] = model_restorer(net, told=True)
+        restorers["told"] = model_restorer(net, told=told)
     if baseline:
         restorers[baseline] = make_baseline(baseline)
     return restorers
@@ -135,7 +136,7 @@ def evaluate(
     y_channel: bool = False,
     crop_border: int = 0,
     baseline: str | None = None,
-    told: bool = False,
+    told: bool | str = False,
     ensemble: bool = False,
     tile: int = 64,
     crops_per_cell: int = 2,
@@ -143,7 +144,8 @@ def evaluate(
     progress: bool = True,
 ) -> EvalResult:
     """Evaluate `model` (None = identity) on clean (H, W, 3) uint8 `images` over every sigma x quality cell; `told`
-    also runs a conditioned model told each cell's truth ("told"), `ensemble` runs the x8 flip/rotate self-ensemble.
+    also runs a conditioned model told each cell's truth ("told"; "sigma" or "quality": that alone), `ensemble` runs
+    the x8 flip/rotate self-ensemble.
     Returns a JSON-ready dict (`protocol`, `metric`, `cells`, `per_image`, `tile_classes`, `worst_*`, `messages`,
     ...) plus `samples`: comparison crops and failure crops as (3, h, w) CPU tensors, for the report writers."""
     device = resolve_device(device) if isinstance(device, str) else device
@@ -169,6 +171,7 @@ def evaluate(
         cell_summaries.append(_summarise(cell, rows, methods, time.perf_counter() - cell_start))
     result = EvalResult(**_header(model, protocol, device, y_channel, crop_border, baseline, methods, ensemble))
     result["cells"], result["messages"] = cell_summaries, messages
+    result["told"] = ("both" if told is True else told) or None
     result["seconds"] = time.perf_counter() - start
     result.update(collector.finish(cell_summaries))
     return result

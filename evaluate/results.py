@@ -40,6 +40,7 @@ class EvalResult(TypedDict, total=False):
     methods: list[str]
     baseline: str | None
     ensemble: bool  # the model ran as the x8 flip/rotate self-ensemble
+    told: str | None  # what the "told" method was told: both, sigma or quality (None: it did not run)
     device: str
     parameters: int | None
     cells: list[CellSummary]

@@ -213,7 +213,9 @@ def test_bm3d_baseline_denoises():
     assert "bm3d" in result["methods"] and cell["psnr_bm3d"] > cell["psnr_input"] + 1
 
 
-def test_told_runs_a_conditioned_model_on_the_true_cell_and_needs_one():
+@pytest.mark.parametrize("told", [True, "sigma", "quality"])
+def test_told_runs_a_conditioned_model_on_the_true_cell_and_needs_one(told):
+    """Told both (True), or the true sigma alone, or the true quality alone (the other withheld)."""
     from model import create_model
     from model.condition import encode_condition
 
@@ -222,18 +224,22 @@ def test_told_runs_a_conditioned_model_on_the_true_cell_and_needs_one():
     for param in model.parameters():  # fresh blocks and FiLM are the identity: make the condition matter
         torch.nn.init.normal_(param, std=0.05)
     clean8 = natural_image(24, 30, seed=3)
-    result = evaluate(model, [clean8], [25.0], [30, None], "real", "cpu", told=True, progress=False)
-    assert result["methods"] == ["input", "model", "told"]
+    result = evaluate(model, [clean8], [25.0], [30, None], "real", "cpu", told=told, progress=False)
+    assert result["methods"] == ["input", "model", "told"] and result["told"] == ("both" if told is True else told)
     for row in result["per_image"]:
         cell = Cell(row["sigma"], row["quality"])
         degraded = degrade_real(clean8, cell, 0)[None]
         with torch.no_grad():
-            told = model.eval()(degraded, encode_condition(1, cell.sigma_255, cell.quality or 0))
-        assert row["psnr_told"] == pytest.approx(float(psnr(quantise(told), _batch(clean8))[0]), abs=1e-4)
+            sigma = None if told == "quality" else cell.sigma_255
+            quality = None if told == "sigma" else cell.quality or 0
+            restored = model.eval()(degraded, encode_condition(1, sigma, quality))
+        assert row["psnr_told"] == pytest.approx(float(psnr(quantise(restored), _batch(clean8))[0]), abs=1e-4)
         assert row["psnr_told"] != pytest.approx(row["psnr_model"], abs=1e-3)
     blind = create_model("nafnet", width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,))
     with pytest.raises(ValueError, match="conditioned"):
-        evaluate(blind, [clean8], [25.0], [None], "real", "cpu", told=True, progress=False)
+        evaluate(blind, [clean8], [25.0], [None], "real", "cpu", told=told, progress=False)
+    with pytest.raises(ValueError, match="told must be one of"):
+        evaluate(model, [clean8], [25.0], [None], "real", "cpu", told="noise", progress=False)
 
 
 def test_ensemble_runs_the_model_over_eight_flips_and_turns(tmp_path):
