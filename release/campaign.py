@@ -7,6 +7,7 @@
     python -m release.campaign stop [--commit]       # stop the trunk: its weights, a ledger row, the plot
     python -m release.campaign ship [--commit]       # ship the cooled branch if it beats the shipped model
     python -m release.campaign ship --from trunk     # ... or the trunk's latest checkpoint (its EMA weights)
+    python -m release.campaign ship --from RUN/last.pt  # ... or an arm's: a run branched from the trunk
 
 The trunk runs `release/campaign.yaml` (constant learning rate after a warmup: `optim.schedule: wsd`). Each stretch
 is a phase of the ledger: it starts from the committed trunk weights (`TRUNK`, fp16 EMA weights; the optimizer's
@@ -150,12 +151,12 @@ def stop(commit: bool) -> None:
         git_commit(paths, f"Campaign phase {state['phase']}: trunk weights and ledger row")
 
 
-def snapshot(trunk: dict, copy: Path) -> int:
-    """Copy the trunk's latest checkpoint to `copy`; its step. The step is read from the copy: the trunk may write a
-    newer checkpoint meanwhile (it replaces last.pt atomically every run.ckpt_every steps)."""
+def snapshot(checkpoint: Path, copy: Path) -> int:
+    """Copy a run's checkpoint to `copy`; its step. The step is read from the copy: the run may write a newer
+    checkpoint meanwhile (it replaces last.pt atomically every run.ckpt_every steps)."""
     import torch
 
-    copy.write_bytes((Path(trunk["run"]) / "last.pt").read_bytes())
+    copy.write_bytes(checkpoint.read_bytes())
     return int(torch.load(copy, map_location="cpu", weights_only=True)["step"])
 
 
@@ -168,7 +169,7 @@ def cool(steps: int, threads: int, phase: int | None = None) -> None:
     if is_running(read_state("cool")):
         sys.exit("campaign: a cooldown branch is already training (status)")
     copy = STATE / "branch.tmp"
-    step = snapshot(trunk, copy)
+    step = snapshot(Path(trunk["run"]) / "last.pt", copy)
     run_dir = STATE / f"cool-{trunk['phase']}-{step}"
     run_dir.mkdir(parents=True, exist_ok=True)
     branch = run_dir / "branch.pt"
@@ -193,13 +194,30 @@ def ship(commit: bool, source: str = "cool") -> None:
         if trunk is None or not (Path(trunk["run"]) / "last.pt").is_file():
             sys.exit("campaign: no trunk checkpoint to ship (start the trunk first)")
         candidate = STATE / "trunk-candidate.pt"
-        step = snapshot(trunk, candidate)
+        step = snapshot(Path(trunk["run"]) / "last.pt", candidate)
         ship_candidate(candidate, {"phase": trunk["phase"], "from_step": step, "steps": 0}, commit)
+        return
+    if source != "cool":
+        ship_arm(Path(source), commit)
         return
     cooled = read_state("cool")
     if cooled is None or is_running(cooled):
         sys.exit("campaign: no finished cooldown branch to ship (cool, then wait for it: status)")
     ship_candidate(Path(cooled["run"]) / "last.pt", cooled, commit)
+
+
+def ship_arm(checkpoint: Path, commit: bool) -> None:
+    """Ship an arm's checkpoint: a run started from the trunk weights with one setting changed (`optim.lr`, say),
+    which beat the trunk at equal steps on the validation sets. It is recorded under the phase it branched from."""
+    from release.ship import ship_candidate
+
+    if not checkpoint.is_file():
+        sys.exit(f"campaign: no checkpoint {checkpoint} to ship (an arm's last.pt)")
+    trunk = read_state("trunk")
+    phase = trunk["phase"] if trunk is not None else next_phase() - 1
+    candidate = STATE / "arm-candidate.pt"
+    step = snapshot(checkpoint, candidate)
+    ship_candidate(candidate, {"phase": phase, "from_step": step, "steps": 0, "arm": shown(checkpoint)}, commit)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("stop", "ship"):
         sub.add_parser(name).add_argument("--commit", action="store_true", help="git commit what it wrote")
     sub.choices["ship"].add_argument(
-        "--from", dest="source", choices=("cool", "trunk"), default="cool", help="the candidate (default: cool)"
+        "--from", dest="source", default="cool", help="the candidate: cool (default), trunk, or an arm's checkpoint"
     )
     args = parser.parse_args(argv)
     STATE.mkdir(parents=True, exist_ok=True)

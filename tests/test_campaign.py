@@ -105,6 +105,13 @@ def test_a_stretch_trains_cools_stops_and_the_next_one_continues(tiny_campaign, 
     assert "not shipped" in capsys.readouterr().out and filecmp.cmp(model.SHIPPED_MODEL, shipped_before)
     record = json.loads(ledger.LEDGER.read_text())["candidates"][-1]
     assert record["phase"] == trunk["phase"] and record["steps"] == 0 and not record["shipped_it"]
+    arm = Path(cooled["run"]) / "last.pt"  # any run branched from the trunk ships the same way
+    campaign.ship(commit=False, source=str(arm))
+    assert "not shipped" in capsys.readouterr().out and filecmp.cmp(model.SHIPPED_MODEL, shipped_before)
+    record = json.loads(ledger.LEDGER.read_text())["candidates"][-1]
+    assert record["from_step"] == branch["step"] and record["arm"].endswith("last.pt")
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        campaign.ship(commit=False, source=str(arm.with_name("missing.pt")))
     campaign.stop(commit=False)
     assert not campaign.is_running(trunk) and campaign.read_state("trunk") is None
     load_model(campaign.TRUNK, map_location="cpu")  # fp16 EMA weights a model loads from
