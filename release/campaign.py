@@ -7,7 +7,7 @@
     python -m release.campaign stop [--commit]       # stop the trunk: its weights, a ledger row, the plot
     python -m release.campaign ship [--commit]       # ship the cooled branch if it beats the shipped model
     python -m release.campaign ship --from trunk     # ... or the trunk's latest checkpoint (its EMA weights)
-    python -m release.campaign ship --from RUN/last.pt  # ... or an arm's: a run branched from the trunk
+    python -m release.campaign ship --from RUN/best.pt  # ... or a checkpoint: the trunk's best, an arm's last
 
 The trunk runs `release/campaign.yaml` (constant learning rate after a warmup: `optim.schedule: wsd`). Each stretch
 is a phase of the ledger: it starts from the committed trunk weights (`TRUNK`, fp16 EMA weights; the optimizer's
@@ -198,7 +198,7 @@ def ship(commit: bool, source: str = "cool") -> None:
         ship_candidate(candidate, {"phase": trunk["phase"], "from_step": step, "steps": 0}, commit)
         return
     if source != "cool":
-        ship_arm(Path(source), commit)
+        ship_checkpoint(Path(source), commit)
         return
     cooled = read_state("cool")
     if cooled is None or is_running(cooled):
@@ -206,18 +206,18 @@ def ship(commit: bool, source: str = "cool") -> None:
     ship_candidate(Path(cooled["run"]) / "last.pt", cooled, commit)
 
 
-def ship_arm(checkpoint: Path, commit: bool) -> None:
-    """Ship an arm's checkpoint: a run started from the trunk weights with one setting changed (`optim.lr`, say),
-    which beat the trunk at equal steps on the validation sets. It is recorded under the phase it branched from."""
+def ship_checkpoint(checkpoint: Path, commit: bool) -> None:
+    """Ship a checkpoint of the trunk's phase: its `best.pt` (the step with the best validation mean), or an arm's
+    `last.pt` (a run started from the trunk weights with one setting changed). Recorded under the running phase."""
     from release.ship import ship_candidate
 
     if not checkpoint.is_file():
-        sys.exit(f"campaign: no checkpoint {checkpoint} to ship (an arm's last.pt)")
+        sys.exit(f"campaign: no checkpoint {checkpoint} to ship (a run's best.pt or last.pt)")
     trunk = read_state("trunk")
     phase = trunk["phase"] if trunk is not None else next_phase() - 1
     candidate = STATE / "arm-candidate.pt"
     step = snapshot(checkpoint, candidate)
-    ship_candidate(candidate, {"phase": phase, "from_step": step, "steps": 0, "arm": shown(checkpoint)}, commit)
+    ship_candidate(candidate, {"phase": phase, "from_step": step, "steps": 0, "checkpoint": shown(checkpoint)}, commit)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("stop", "ship"):
         sub.add_parser(name).add_argument("--commit", action="store_true", help="git commit what it wrote")
     sub.choices["ship"].add_argument(
-        "--from", dest="source", default="cool", help="the candidate: cool (default), trunk, or an arm's checkpoint"
+        "--from", dest="source", default="cool", help="the candidate: cool (default), trunk, or a checkpoint file"
     )
     args = parser.parse_args(argv)
     STATE.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ def compare(candidate: Path, shipped: Path, cooled: dict) -> float:
     for name in ours:
         print(f"{name:>14}: shipped {theirs[name]:.3f}  candidate {ours[name]:.3f}  ({ours[name] - theirs[name]:+.3f})")
     gain = mean(ours) - mean(theirs)
-    record = {key: cooled[key] for key in ("phase", "from_step", "steps", "arm") if key in cooled}
+    record = {key: cooled[key] for key in ("phase", "from_step", "steps", "checkpoint") if key in cooled}
     record |= {"candidate": ours, "shipped": theirs, "gain_db": round(gain, 4), "shipped_it": gain > 0}
     ledger.render_all(lambda book: book.setdefault("candidates", []).append(record))
     return gain

@@ -109,7 +109,7 @@ def test_a_stretch_trains_cools_stops_and_the_next_one_continues(tiny_campaign, 
     campaign.ship(commit=False, source=str(arm))
     assert "not shipped" in capsys.readouterr().out and filecmp.cmp(model.SHIPPED_MODEL, shipped_before)
     record = json.loads(ledger.LEDGER.read_text())["candidates"][-1]
-    assert record["from_step"] == branch["step"] and record["arm"].endswith("last.pt")
+    assert record["from_step"] == branch["step"] and record["checkpoint"].endswith("last.pt")
     with pytest.raises(SystemExit, match="no checkpoint"):
         campaign.ship(commit=False, source=str(arm.with_name("missing.pt")))
     campaign.stop(commit=False)
