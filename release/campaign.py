@@ -193,10 +193,7 @@ def ship(commit: bool, source: str = "cool") -> None:
         trunk = read_state("trunk")
         if trunk is None or not (Path(trunk["run"]) / "last.pt").is_file():
             sys.exit("campaign: no trunk checkpoint to ship (start the trunk first)")
-        candidate = STATE / "trunk-candidate.pt"
-        step = snapshot(Path(trunk["run"]) / "last.pt", candidate)
-        ship_candidate(candidate, {"phase": trunk["phase"], "from_step": step, "steps": 0}, commit)
-        return
+        source = str(Path(trunk["run"]) / "last.pt")
     if source != "cool":
         ship_checkpoint(Path(source), commit)
         return
@@ -207,15 +204,15 @@ def ship(commit: bool, source: str = "cool") -> None:
 
 
 def ship_checkpoint(checkpoint: Path, commit: bool) -> None:
-    """Ship a checkpoint of the trunk's phase: its `best.pt` (the step with the best validation mean), or an arm's
-    `last.pt` (a run started from the trunk weights with one setting changed). Recorded under the running phase."""
+    """Ship a checkpoint of the trunk's phase: its `last.pt` or `best.pt` (the step with the best validation mean), or
+    an arm's `last.pt` (a run started from the trunk weights with one setting changed). Recorded under the phase."""
     from release.ship import ship_candidate
 
     if not checkpoint.is_file():
         sys.exit(f"campaign: no checkpoint {checkpoint} to ship (a run's best.pt or last.pt)")
     trunk = read_state("trunk")
     phase = trunk["phase"] if trunk is not None else next_phase() - 1
-    candidate = STATE / "arm-candidate.pt"
+    candidate = STATE / "candidate.pt"
     step = snapshot(checkpoint, candidate)
     ship_candidate(candidate, {"phase": phase, "from_step": step, "steps": 0, "checkpoint": shown(checkpoint)}, commit)
 
